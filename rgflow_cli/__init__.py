@@ -1,0 +1,1 @@
+"""The `rgflow` command line: a thin Typer layer over rgflow_core."""

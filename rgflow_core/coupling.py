@@ -1,0 +1,248 @@
+"""Block bijectors: invertible maps of one flattened K x K block (D = C*K*K features).
+
+Both act on a (N, D) matrix whose rows are blocks, return `(z, ladj)` with ladj of
+shape (N,) in nats, and share their weights across all rows (all blocks of a sub-layer).
+
+* `RNVPBlock` (default): `n_layers` affine coupling layers with a checkerboard mask
+  inside the block. Each layer owns two residual MLPs s and t and applies the coupling
+  twice, first to the complement B of the checkerboard A, then to A:
+  `x_B <- x_B * exp(s(x_A)) + t(x_A)`, `s = tanh(a * f_s)`, `t = b * f_t`.
+* `ARBlock`: `n_layers` autoregressive affine layers (MADE-masked residual MLPs) with
+  alternating variable order; forward is one pass, the inverse is exact and sequential.
+
+The gains a, b start at zero, so every block bijector is the identity at initialisation.
+
+References: Dinh et al., "Density estimation using Real NVP", arXiv:1605.08803;
+Germain et al., "MADE", arXiv:1502.03509; Hu et al., "RG-Flow", arXiv:2010.00029.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
+
+from rgflow_core.nets import LinearWeights, ResidualMLP, residual_mlp
+
+
+def checkerboard_order(channels: int, kernel_size: int) -> Tensor:
+    """Permutation of the C*K*K block features putting the checkerboard A = {(i+j) even} first."""
+    K = kernel_size
+    ij = torch.arange(K)
+    black = ((ij.view(K, 1) + ij.view(1, K)) % 2 == 0).expand(channels, K, K).flatten()
+    return torch.cat([black.nonzero().flatten(), (~black).nonzero().flatten()])
+
+
+class CouplingLayer(nn.Module):
+    """One RNVP layer on a block split in checkerboard halves (x_A, x_B).
+
+    Arguments:
+        features: D = C*K*K, features ordered with A first (see `checkerboard_order`).
+        hidden, n_res, n_mlp: shape of the residual MLPs s and t.
+    """
+
+    def __init__(self, features: int, hidden: int, n_res: int, n_mlp: int) -> None:
+        super().__init__()
+        self.half = features // 2
+        self.net = ResidualMLP(features, hidden, n_res, n_mlp, n_nets=2)
+        self.gain_s = nn.Parameter(torch.zeros(features))
+        self.gain_t = nn.Parameter(torch.zeros(features))
+        self._a = slice(0, self.half)
+        self._b = slice(self.half, features)
+        self.compiled = False  # evaluate passes with the torch.compile'd kernel
+
+    def _pass(
+        self,
+        cond: Tensor,
+        move: Tensor,
+        w: list[LinearWeights],
+        src: slice,
+        dst: slice,
+        inverse: bool,
+    ) -> tuple[Tensor, Tensor]:
+        fn = _compiled_coupling_pass() if self.compiled else coupling_pass
+        return fn(
+            cond,
+            move,
+            [x.weight for x in w],
+            [x.bias for x in w],
+            list(self.net.beta),
+            self.gain_s[dst],
+            self.gain_t[dst],
+            self.net.n_res,
+            self.net.features,
+            src,
+            dst,
+            inverse,
+        )
+
+    def forward(self, xa: Tensor, xb: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        w = self.net.weights()
+        xb, ladj1 = self._pass(xa, xb, w, self._a, self._b, False)
+        xa, ladj2 = self._pass(xb, xa, w, self._b, self._a, False)
+        return xa, xb, ladj1 + ladj2
+
+    def inverse(self, xa: Tensor, xb: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        w = self.net.weights()
+        xa, ladj2 = self._pass(xb, xa, w, self._b, self._a, True)
+        xb, ladj1 = self._pass(xa, xb, w, self._a, self._b, True)
+        return xa, xb, ladj1 + ladj2
+
+
+def coupling_pass(
+    cond: Tensor,
+    move: Tensor,
+    weights: list[Tensor],
+    biases: list[Tensor],
+    betas: list[Tensor],
+    gain_s: Tensor,
+    gain_t: Tensor,
+    n_res: int,
+    features: int,
+    src: slice,
+    dst: slice,
+    inverse: bool,
+) -> tuple[Tensor, Tensor]:
+    """One affine coupling: move <- move * exp(s(cond)) + t(cond) (or its inverse).
+
+    Returns the new `move` half and the log-determinant per row (negated for the inverse).
+    """
+    st = residual_mlp(cond, weights, biases, betas, n_res, features, src, dst)  # (2, N, D/2)
+    s = torch.tanh(gain_s * st[0])
+    t = gain_t * st[1]
+    if inverse:
+        return (move - t) * torch.exp(-s), -s.sum(1)
+    return move * torch.exp(s) + t, s.sum(1)
+
+
+@functools.cache
+def _compiled_coupling_pass():
+    # One compiled graph serves every coupling layer: the weights are arguments, and the
+    # number of rows (blocks) is a dynamic dimension, so levels do not recompile.
+    return torch.compile(coupling_pass, dynamic=True)
+
+
+class RNVPBlock(nn.Module):
+    """`n_layers` checkerboard coupling layers on (N, C*K*K) blocks."""
+
+    def __init__(
+        self, channels: int, kernel_size: int, n_layers: int, hidden: int, n_res: int, n_mlp: int
+    ) -> None:
+        super().__init__()
+        features = channels * kernel_size**2
+        order = checkerboard_order(channels, kernel_size)
+        self.register_buffer("order", order, persistent=False)
+        self.register_buffer("unorder", torch.argsort(order), persistent=False)
+        self.layers = nn.ModuleList(
+            CouplingLayer(features, hidden, n_res, n_mlp) for _ in range(n_layers)
+        )
+        self.checkpointing = False
+
+    def _run(self, layer: CouplingLayer, fn, xa: Tensor, xb: Tensor):
+        if self.checkpointing and torch.is_grad_enabled():
+            return checkpoint(fn, xa, xb, use_reentrant=False)
+        return fn(xa, xb)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x = x[:, self.order]
+        xa, xb = x.chunk(2, dim=1)
+        ladj = x.new_zeros(x.shape[0])
+        for layer in self.layers:
+            xa, xb, l = self._run(layer, layer.forward, xa, xb)
+            ladj = ladj + l
+        return torch.cat([xa, xb], dim=1)[:, self.unorder], ladj
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        z = z[:, self.order]
+        za, zb = z.chunk(2, dim=1)
+        ladj = z.new_zeros(z.shape[0])
+        for layer in reversed(self.layers):
+            za, zb, l = self._run(layer, layer.inverse, za, zb)
+            ladj = ladj + l
+        return torch.cat([za, zb], dim=1)[:, self.unorder], ladj
+
+
+def made_masks(features: int, hidden: int, n_mlp: int) -> list[Tensor]:
+    """Non-strict MADE masks for widths [D, hidden * n_mlp, D]: output i sees inputs <= i."""
+    deg_io = torch.arange(1, features + 1)
+    deg_h = torch.arange(hidden) % features + 1
+    degrees = [deg_io] + [deg_h] * n_mlp + [deg_io]
+    return [
+        (d_out.view(-1, 1) >= d_in.view(1, -1)).float()
+        for d_in, d_out in zip(degrees[:-1], degrees[1:])
+    ]
+
+
+class ARLayer(nn.Module):
+    """Autoregressive affine layer: z_i = x_i * exp(s_i(x_<i)) + t_i(x_<i).
+
+    The masked residual MLP's output i depends on x_<=i; shifting it by one position
+    gives conditioners that see x_<i only (the first variable gets s = t = 0).
+    With `reverse`, the variable order is reversed.
+    """
+
+    def __init__(self, features: int, hidden: int, n_res: int, n_mlp: int, reverse: bool) -> None:
+        super().__init__()
+        self.reverse = reverse
+        self.net = ResidualMLP(
+            features, hidden, n_res, n_mlp, n_nets=2, masks=made_masks(features, hidden, n_mlp)
+        )
+        self.gain_s = nn.Parameter(torch.zeros(features))
+        self.gain_t = nn.Parameter(torch.zeros(features))
+
+    def _scale_shift(self, x: Tensor, w: list[LinearWeights]) -> tuple[Tensor, Tensor]:
+        st = F.pad(self.net(x, w)[..., :-1], (1, 0))  # (2, N, D), shifted: sees x_<i
+        return torch.tanh(self.gain_s * st[0]), self.gain_t * st[1]
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.reverse:
+            x = x.flip(1)
+        s, t = self._scale_shift(x, self.net.weights())
+        z = x * torch.exp(s) + t
+        return (z.flip(1) if self.reverse else z), s.sum(1)
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        if self.reverse:
+            z = z.flip(1)
+        w = self.net.weights()
+        x = torch.zeros_like(z)
+        # Variable i needs x_<i only, so D passes recover x exactly, one variable each.
+        for i in range(z.shape[1]):
+            s, t = self._scale_shift(x, w)
+            xi = (z[:, i] - t[:, i]) * torch.exp(-s[:, i])
+            x = torch.cat([x[:, :i], xi.unsqueeze(1), x[:, i + 1 :]], dim=1)
+        return (x.flip(1) if self.reverse else x), -s.sum(1)
+
+
+class ARBlock(nn.Module):
+    """`n_layers` autoregressive layers on (N, C*K*K) blocks, alternating variable order."""
+
+    def __init__(
+        self, channels: int, kernel_size: int, n_layers: int, hidden: int, n_res: int, n_mlp: int
+    ) -> None:
+        super().__init__()
+        features = channels * kernel_size**2
+        self.layers = nn.ModuleList(
+            ARLayer(features, hidden, n_res, n_mlp, reverse=bool(i % 2)) for i in range(n_layers)
+        )
+        self.checkpointing = False
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        ladj = x.new_zeros(x.shape[0])
+        for layer in self.layers:
+            if self.checkpointing and torch.is_grad_enabled():
+                x, l = checkpoint(layer, x, use_reentrant=False)
+            else:
+                x, l = layer(x)
+            ladj = ladj + l
+        return x, ladj
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        ladj = z.new_zeros(z.shape[0])
+        for layer in reversed(self.layers):
+            z, l = layer.inverse(z)
+            ladj = ladj + l
+        return z, ladj

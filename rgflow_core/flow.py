@@ -1,0 +1,217 @@
+"""The RG-Flow bijection and model.
+
+Level h acts on the sub-lattice image y_h = y[..., ::2**h, ::2**h] (M = L / 2**h pixels
+on a side). It applies the disentangler (one block bijector on all K x K blocks shifted by
+K/2, periodic boundary) and then the decimator (the same kind of bijector, with its own
+weights, on blocks aligned at multiples of K) - the paper's order. The pixels y_h[::2, ::2]
+go on to level h + 1; the other three quarters are the latent variables of level h and
+stay in place, so z has the image's shape and `latent_levels` tells each entry's level.
+
+References: Hu et al., "RG-Flow: a hierarchical and explainable flow model based on
+renormalization group and sparse prior", arXiv:2010.00029.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from rgflow_core.config import ModelConfig
+from rgflow_core.coupling import ARBlock, CouplingLayer, RNVPBlock
+from rgflow_core.geometry import from_blocks, latent_levels, to_blocks
+from rgflow_core.preprocess import Preprocess, dequantize, quantize
+from rgflow_core.priors import PRIORS, Temperature
+
+
+class BlockLayer(nn.Module):
+    """One sub-layer: a block bijector applied to every K x K block of an image.
+
+    Arguments:
+        bijector: maps (N, C*K*K) rows to (rows, ladj (N,)); shared by all blocks.
+        kernel_size: K.
+        shift: 0 for aligned blocks (decimator), K/2 for shifted ones (disentangler).
+    """
+
+    def __init__(self, bijector: nn.Module, kernel_size: int, shift: int) -> None:
+        super().__init__()
+        self.bijector = bijector
+        self.kernel_size = kernel_size
+        self.shift = shift
+
+    def _map_blocks(self, fn, x: Tensor) -> tuple[Tensor, Tensor]:
+        B, C, M, _ = x.shape
+        blocks = to_blocks(x, self.kernel_size, self.shift)  # (B*n*n, C, K, K)
+        rows, ladj = fn(blocks.reshape(blocks.shape[0], -1))
+        out = from_blocks(rows.view_as(blocks), M, self.shift)
+        return out, ladj.view(B, -1).sum(1)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self._map_blocks(self.bijector.forward, x)
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        return self._map_blocks(self.bijector.inverse, z)
+
+
+class RGLevel(nn.Module):
+    """Disentangler then decimator of one RG level."""
+
+    def __init__(self, cfg: ModelConfig, n_layers: int) -> None:
+        super().__init__()
+        block = {"rnvp": RNVPBlock, "ar": ARBlock}[cfg.subnet]
+
+        def make() -> nn.Module:
+            return block(
+                cfg.channels, cfg.kernel_size, n_layers, cfg.n_hidden, cfg.n_res, cfg.n_mlp
+            )
+
+        self.disentangler = BlockLayer(make(), cfg.kernel_size, cfg.kernel_size // 2)
+        self.decimator = BlockLayer(make(), cfg.kernel_size, 0)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x, ladj1 = self.disentangler(x)
+        x, ladj2 = self.decimator(x)
+        return x, ladj1 + ladj2
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        z, ladj1 = self.decimator.inverse(z)
+        z, ladj2 = self.disentangler.inverse(z)
+        return z, ladj1 + ladj2
+
+
+def _insert_coarse(fine: Tensor, coarse: Tensor) -> Tensor:
+    """Copy of `fine` (B, C, M, M) with its sub-lattice [::2, ::2] replaced by `coarse`."""
+    out = fine.clone()
+    out[..., ::2, ::2] = coarse
+    return out
+
+
+class RGFlow(nn.Module):
+    """RG-Flow: the hierarchical bijection y <-> z plus a factorised prior on z.
+
+    Arguments:
+        cfg: the architecture.
+
+    `forward(y) -> (z, ladj)` and `inverse(z) -> (y, ladj)` work in logit space (see
+    `rgflow_core.preprocess`); `encode`/`decode` go between images in [0, 1] and z.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.levels = nn.ModuleList(RGLevel(cfg, n) for n in cfg.n_layers)
+        self.prior = PRIORS[cfg.prior]()
+        self.preprocess = Preprocess()
+        self.register_buffer(
+            "level_map", latent_levels(cfg.image_size, cfg.kernel_size), persistent=False
+        )
+
+    @property
+    def checkpointing(self) -> bool:
+        """Activation checkpointing per coupling layer (less memory, more compute)."""
+        return any(m.checkpointing for m in self._blocks())
+
+    @checkpointing.setter
+    def checkpointing(self, value: bool) -> None:
+        for m in self._blocks():
+            m.checkpointing = value
+
+    def compile_blocks(self, enabled: bool = True) -> None:
+        """Run the coupling passes through `torch.compile` (fused elementwise kernels).
+
+        Cheaper to compile than the whole model: one graph serves all coupling layers.
+        """
+        for m in self.modules():
+            if isinstance(m, CouplingLayer):
+                m.compiled = enabled
+
+    def _blocks(self):
+        return (m for m in self.modules() if isinstance(m, RNVPBlock | ARBlock))
+
+    def forward(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """y (B, C, L, L) -> z (B, C, L, L), ladj (B,)."""
+        ladj = y.new_zeros(y.shape[0])
+        outs = []
+        x = y
+        for level in self.levels:
+            x, level_ladj = level(x)
+            ladj = ladj + level_ladj
+            outs.append(x)
+            x = x[..., ::2, ::2]
+        z = outs[-1]
+        for fine in reversed(outs[:-1]):
+            z = _insert_coarse(fine, z)
+        return z, ladj
+
+    def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """z (B, C, L, L) -> y (B, C, L, L), ladj (B,) = -ladj of forward at y."""
+        ladj = z.new_zeros(z.shape[0])
+        views = [z[..., :: 2**h, :: 2**h] for h in range(len(self.levels))]
+        y = None
+        for h in reversed(range(len(self.levels))):
+            x = views[h] if y is None else _insert_coarse(views[h], y)
+            y, level_ladj = self.levels[h].inverse(x)
+            ladj = ladj + level_ladj
+        return y, ladj
+
+    def temperature_map(self, levels: dict[int, float], default: float = 1.0) -> Tensor:
+        """(L, L) temperatures, one per latent position, from a {level: T} mapping.
+
+        A level not named takes the temperature of the nearest named level below it
+        ({0: 0.2, 1: 0.8} gives 0.2 at level 0 and 0.8 at levels 1 and up), or `default`.
+        """
+        temps = torch.full(self.level_map.shape, float(default), device=self.level_map.device)
+        current = default
+        for h in range(self.config.levels):
+            current = levels.get(h, current)
+            temps[self.level_map == h] = float(current)
+        return temps
+
+    def log_prob(self, y: Tensor, temperature: Temperature = 1.0) -> Tensor:
+        """Log-density (nats) of y in logit space: prior log p(z) + ladj, shape (B,)."""
+        z, ladj = self(y)
+        return self.prior.log_prob(z, temperature) + ladj
+
+    def log_prob_image(self, x: Tensor) -> Tensor:
+        """Log-density (nats) of dequantised images x in [0, 1]^D, including the logit."""
+        y, ladj = self.preprocess(x)
+        return self.log_prob(y) + ladj
+
+    def sample_latents(
+        self, n: int, temperature: Temperature = 1.0, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """z ~ prior at the given temperature (a float or a tensor broadcastable to z)."""
+        p = next(self.parameters())
+        cfg = self.config
+        shape = (n, cfg.channels, cfg.image_size, cfg.image_size)
+        return self.prior.sample(
+            shape, temperature, device=p.device, dtype=p.dtype, generator=generator
+        )
+
+    @torch.no_grad()
+    def sample(
+        self, n: int, temperature: Temperature = 1.0, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """n samples in logit space (B, C, L, L). Use `decode` for images in [0, 1]."""
+        y, _ = self.inverse(self.sample_latents(n, temperature, generator))
+        return y
+
+    def encode(self, images: Tensor) -> Tensor:
+        """uint8 images (B, C, L, L) -> z, without dequantisation noise (pixel centres)."""
+        y, _ = self.preprocess(dequantize(images.to(self.level_map.device), noise=False))
+        z, _ = self(y.to(next(self.parameters()).dtype))
+        return z
+
+    def decode(self, z: Tensor) -> Tensor:
+        """z -> images in [0, 1] (clamped). `quantize` makes them uint8."""
+        y, _ = self.inverse(z)
+        x, _ = self.preprocess.inverse(y)
+        return x.clamp(0.0, 1.0)
+
+    def decode_uint8(self, z: Tensor) -> Tensor:
+        """z -> uint8 images (B, C, L, L); exact inverse of `encode` up to float error."""
+        return quantize(self.decode(z))
+
+
+def build_model(cfg: ModelConfig) -> RGFlow:
+    """A freshly initialised RG-Flow: the identity map, since all coupling gains are zero."""
+    return RGFlow(cfg)

@@ -1,0 +1,129 @@
+"""Block geometry of the RG hierarchy: sub-lattices, block patching, latent levels, cones.
+
+Level h (0 = finest) acts on the sub-lattice `x[..., ::2**h, ::2**h]`, an M x M image with
+M = L / 2**h. Each sub-layer cuts that image into K x K blocks, aligned at multiples of K
+(decimator) or shifted by K/2 with periodic wrap-around (disentangler), and applies one
+block bijector to all blocks at once: blocks become rows of a (B*n*n, C*K*K) matrix.
+
+References: Hu et al., "RG-Flow", arXiv:2010.00029, section 3.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rgflow_core.errors import ConfigError
+
+
+def num_levels(image_size: int, kernel_size: int) -> int:
+    """Number of RG levels H such that `image_size == kernel_size * 2**(H-1)`."""
+    if kernel_size < 2 or kernel_size % 2:
+        raise ConfigError(f"kernel_size must be an even number >= 2, got {kernel_size}")
+    ratio, rem = divmod(image_size, kernel_size)
+    if rem or ratio < 1 or ratio & (ratio - 1):
+        raise ConfigError(
+            f"image_size must be kernel_size * 2**(H-1); got image_size={image_size}, "
+            f"kernel_size={kernel_size}"
+        )
+    return ratio.bit_length()
+
+
+def to_blocks(x: Tensor, kernel_size: int, shift: int = 0) -> Tensor:
+    """Cut images into K x K blocks, one block per row.
+
+    Arguments:
+        x: (B, C, M, M) images, M a multiple of K.
+        shift: offset of the block grid; the image wraps around (periodic boundary).
+
+    Returns:
+        (B * n * n, C, K, K) blocks, n = M // K, ordered by (image, block row, block column).
+    """
+    K = kernel_size
+    if shift:
+        x = torch.roll(x, shifts=(-shift, -shift), dims=(-2, -1))
+    B, C, M, _ = x.shape
+    n = M // K
+    x = x.reshape(B, C, n, K, n, K).permute(0, 2, 4, 1, 3, 5)  # (B, n, n, C, K, K)
+    return x.reshape(B * n * n, C, K, K)
+
+
+def from_blocks(blocks: Tensor, image_size: int, shift: int = 0) -> Tensor:
+    """Inverse of `to_blocks`: (B*n*n, C, K, K) blocks -> (B, C, M, M) images."""
+    N, C, K, _ = blocks.shape
+    n = image_size // K
+    B = N // (n * n)
+    x = blocks.reshape(B, n, n, C, K, K).permute(0, 3, 1, 4, 2, 5)  # (B, C, n, K, n, K)
+    x = x.reshape(B, C, image_size, image_size)
+    if shift:
+        x = torch.roll(x, shifts=(shift, shift), dims=(-2, -1))
+    return x
+
+
+def latent_levels(image_size: int, kernel_size: int) -> Tensor:
+    """RG level of every latent position.
+
+    Returns:
+        (L, L) LongTensor: level of z[:, :, i, j] is min(H-1, v(i, j)), where v(i, j) is
+        the largest h with 2**h dividing both i and j.
+    """
+    H = num_levels(image_size, kernel_size)
+    levels = torch.zeros(image_size, image_size, dtype=torch.long)
+    for h in range(1, H):
+        levels[:: 2**h, :: 2**h] = h
+    return levels
+
+
+def _dilate_to_blocks(mask: Tensor, kernel_size: int, shift: int) -> Tensor:
+    """Mark every pixel of each block (of the given grid) that holds a marked pixel."""
+    M = mask.shape[-1]
+    blocks = to_blocks(mask.view(1, 1, M, M), kernel_size, shift)  # (n*n, 1, K, K)
+    hit = blocks.flatten(1).any(dim=1)
+    blocks = hit.view(-1, 1, 1, 1).expand_as(blocks)
+    return from_blocks(blocks, M, shift).view(M, M)
+
+
+def causal_cone(pixels: Tensor, kernel_size: int) -> list[dict[str, Tensor]]:
+    """Where a change of some input pixels propagates in the forward (encoding) direction.
+
+    The disentangler of each level acts first, then the decimator (paper order).
+
+    Arguments:
+        pixels: (L, L) bool mask of changed input pixels.
+
+    Returns:
+        One dict per level h with (M, M) bool masks on that level's sub-lattice:
+        `"input"`: changed values entering level h; `"disentangler"` and `"decimator"`:
+        pixels of the blocks that must be re-evaluated in each sub-layer (equivalently,
+        the changed values after it); `"latents"`: changed latent variables of level h.
+        The union of all `"latents"` (at full resolution) is the set of changed z entries.
+    """
+    L = pixels.shape[-1]
+    H = num_levels(L, kernel_size)
+    changed = pixels.bool()
+    cone = []
+    for h in range(H):
+        after_dis = _dilate_to_blocks(changed, kernel_size, kernel_size // 2)
+        after_dec = _dilate_to_blocks(after_dis, kernel_size, 0)
+        latents = after_dec.clone()
+        if h < H - 1:
+            latents[::2, ::2] = False
+        cone.append(
+            {
+                "input": changed,
+                "disentangler": after_dis,
+                "decimator": after_dec,
+                "latents": latents,
+            }
+        )
+        changed = after_dec[::2, ::2]
+    return cone
+
+
+def cone_latents(pixels: Tensor, kernel_size: int) -> Tensor:
+    """(L, L) bool mask of the latents that a change of `pixels` can change."""
+    L = pixels.shape[-1]
+    out = torch.zeros(L, L, dtype=torch.bool)
+    for h, level in enumerate(causal_cone(pixels, kernel_size)):
+        out[:: 2**h, :: 2**h] |= level["latents"]
+    return out

@@ -1,0 +1,31 @@
+"""Shared helpers: tiny float64 models made non-trivial (the fresh flow is the identity)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rgflow_core import ModelConfig, build_model
+
+
+def perturb(model: torch.nn.Module, scale: float = 0.3, seed: int = 0) -> torch.nn.Module:
+    """Add noise to every parameter so that no coupling is the identity any more."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    return model
+
+
+def tiny_config(**kw) -> ModelConfig:
+    base = dict(
+        image_size=8, channels=1, kernel_size=2, n_layers=(2, 1, 1), n_res=2, n_mlp=1, n_hidden=8
+    )
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+@pytest.fixture
+def tiny_model():
+    """A perturbed float64 RG-Flow on 8x8 grey images, K=2 (3 levels)."""
+    return perturb(build_model(tiny_config()).double())

@@ -1,0 +1,77 @@
+"""Block geometry, latent levels, causal cones and the locality of the flow."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import perturb, tiny_config
+
+from rgflow_core import build_model, causal_cone, cone_latents, latent_levels
+from rgflow_core.geometry import from_blocks, num_levels, to_blocks
+
+
+@pytest.mark.parametrize("shift", [0, 2])
+def test_blocks_round_trip_and_content(shift):
+    x = torch.arange(2 * 3 * 8 * 8).view(2, 3, 8, 8)
+    blocks = to_blocks(x, 4, shift)
+    assert blocks.shape == (2 * 2 * 2, 3, 4, 4)
+    assert torch.equal(from_blocks(blocks, 8, shift), x)
+    # first block of the shifted grid starts at (shift, shift); the last one wraps around
+    assert torch.equal(blocks[0], x[0, :, shift : shift + 4, shift : shift + 4])
+    if shift:
+        assert blocks[3, 0, 3, 3] == x[0, 0, 1, 1]
+
+
+def test_num_levels():
+    assert num_levels(32, 4) == 4
+    assert num_levels(4, 4) == 1
+    assert num_levels(16, 2) == 4
+
+
+def test_latent_levels():
+    levels = latent_levels(32, 4)
+    assert levels.shape == (32, 32) and levels.dtype == torch.long
+    assert levels[0, 0] == 3 and levels[8, 8] == 3 and levels[4, 0] == 2
+    assert levels[2, 6] == 1 and levels[1, 0] == 0 and levels[31, 31] == 0
+    # level h holds 3/4 of the sub-lattice h; the top level keeps its whole K x K sub-lattice
+    counts = torch.bincount(levels.flatten())
+    assert counts.tolist() == [768, 192, 48, 16]
+    for s in range(4):
+        assert bool((levels[:: 2**s, :: 2**s] >= s).all())
+        assert int((levels >= s).sum()) == (32 // 2**s) ** 2
+
+
+@pytest.mark.parametrize("pixel", [(5, 5), (0, 0), (15, 9)])
+def test_locality_of_level0_latents(pixel):
+    K, L = 4, 16
+    cfg = tiny_config(image_size=L, channels=3, kernel_size=K, n_layers=(1, 1, 1))
+    model = perturb(build_model(cfg).double())
+    y = torch.randn(1, 3, L, L, dtype=torch.double)
+    y2 = y.clone()
+    y2[0, 1, pixel[0], pixel[1]] += 1.0
+    with torch.no_grad():
+        diff = (model(y)[0] != model(y2)[0]).any(dim=1)[0]  # (L, L) changed latents
+    level0 = latent_levels(L, K) == 0
+    rows, cols = (diff & level0).nonzero(as_tuple=True)
+    assert len(rows) > 0
+    # all changed level-0 latents lie in a 2K x 2K window (periodic: measure extents mod L)
+    for coords in (rows, cols):
+        spread = min(int(((coords - c) % L).max()) for c in coords)
+        assert spread < 2 * K
+    # far latents are bitwise equal: everything changed lies inside the causal cone
+    pixels = torch.zeros(L, L, dtype=torch.bool)
+    pixels[pixel] = True
+    assert not bool((diff & ~cone_latents(pixels, K)).any())
+
+
+def test_causal_cone_shrinks_to_blocks_per_level():
+    pixels = torch.zeros(32, 32, dtype=torch.bool)
+    pixels[13, 18] = True
+    cone = causal_cone(pixels, 4)
+    assert len(cone) == 4
+    # a single pixel touches one shifted block, then at most 4 aligned blocks (2K x 2K)
+    assert int(cone[0]["disentangler"].sum()) == 16
+    assert int(cone[0]["decimator"].sum()) <= 64
+    for h, level in enumerate(cone):
+        assert level["input"].shape == (32 // 2**h,) * 2
+        assert bool((level["latents"] <= level["decimator"]).all())
