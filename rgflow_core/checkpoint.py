@@ -144,3 +144,15 @@ def load_state(path: str | Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for corrupt or foreign files
         raise CheckpointError(f"{path} is not a readable rgflow training state") from err
+
+
+def find_latest_checkpoint(runs_dir: str | Path = "runs") -> Path:
+    """The newest `last.safetensors` of any run under `runs_dir` (by modification time)."""
+    runs_dir = Path(runs_dir)
+    found = [p for p in runs_dir.glob("*/checkpoints/last.safetensors") if p.is_file()]
+    if not found:
+        raise CheckpointError(
+            f"no checkpoint given and none found under {runs_dir}/*/checkpoints/; "
+            "train one with `rgflow train` or pass -c/--checkpoint"
+        )
+    return max(found, key=lambda p: p.stat().st_mtime)
