@@ -12,6 +12,11 @@ shape (N,) in nats, and share their weights across all rows (all blocks of a sub
 
 The gains a, b start at zero, so every block bijector is the identity at initialisation.
 
+Training speed: a coupling pass in the forward direction runs as one autograd node,
+`CouplingFunction`, whose backward pass is written out by hand (see `rgflow_core.nets`);
+the inverse direction, autocast and `torch.compile` use the plain differentiable
+`coupling_pass`.
+
 References: Dinh et al., "Density estimation using Real NVP", arXiv:1605.08803;
 Germain et al., "MADE", arXiv:1502.03509; Hu et al., "RG-Flow", arXiv:2010.00029.
 """
@@ -22,10 +27,18 @@ import functools
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-from rgflow_core.nets import LinearWeights, ResidualMLP, residual_mlp
+from rgflow_core.nets import (
+    LinearWeights,
+    MLPSpec,
+    ResidualMLP,
+    residual_mlp,
+    residual_mlp_backward,
+    restrict,
+)
 
 
 def checkerboard_order(channels: int, kernel_size: int) -> Tensor:
@@ -34,6 +47,24 @@ def checkerboard_order(channels: int, kernel_size: int) -> Tensor:
     ij = torch.arange(K)
     black = ((ij.view(K, 1) + ij.view(1, K)) % 2 == 0).expand(channels, K, K).flatten()
     return torch.cat([black.nonzero().flatten(), (~black).nonzero().flatten()])
+
+
+class PermuteFeatures(torch.autograd.Function):
+    """x[:, order] for a permutation `order` with inverse `unorder`.
+
+    Both directions are gathers (`index_select`), much faster on CPU than advanced
+    indexing and its scatter-add backward.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, order: Tensor, unorder: Tensor) -> Tensor:
+        ctx.save_for_backward(unorder)
+        return x.index_select(1, order)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (unorder,) = ctx.saved_tensors
+        return grad.index_select(1, unorder), None, None
 
 
 class CouplingLayer(nn.Module):
@@ -63,21 +94,18 @@ class CouplingLayer(nn.Module):
         dst: slice,
         inverse: bool,
     ) -> tuple[Tensor, Tensor]:
-        fn = _compiled_coupling_pass() if self.compiled else coupling_pass
-        return fn(
-            cond,
-            move,
-            [x.weight for x in w],
-            [x.bias for x in w],
-            list(self.net.beta),
-            self.gain_s[dst],
-            self.gain_t[dst],
-            self.net.n_res,
-            self.net.features,
-            src,
-            dst,
-            inverse,
+        spec = MLPSpec(self.net.n_res, self.net.features, src, dst)
+        weights, biases, betas = restrict(
+            [x.weight for x in w], [x.bias for x in w], list(self.net.beta), spec.n_res, src, dst
         )
+        gain = torch.stack([self.gain_s[dst], self.gain_t[dst]]).unsqueeze(1)  # (2, 1, D/2)
+        if self.compiled:
+            return _compiled_coupling_pass()(
+                cond, move, weights, biases, betas, gain, spec, inverse
+            )
+        if inverse or not torch.is_grad_enabled() or torch.is_autocast_enabled(cond.device.type):
+            return coupling_pass(cond, move, weights, biases, betas, gain, spec, inverse)
+        return CouplingFunction.apply(cond, move, gain, spec, *weights, *biases, *betas)
 
     def forward(self, xa: Tensor, xb: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         w = self.net.weights()
@@ -98,24 +126,59 @@ def coupling_pass(
     weights: list[Tensor],
     biases: list[Tensor],
     betas: list[Tensor],
-    gain_s: Tensor,
-    gain_t: Tensor,
-    n_res: int,
-    features: int,
-    src: slice,
-    dst: slice,
+    gain: Tensor,
+    spec: MLPSpec,
     inverse: bool,
 ) -> tuple[Tensor, Tensor]:
     """One affine coupling: move <- move * exp(s(cond)) + t(cond) (or its inverse).
 
+    Arguments:
+        weights, biases, betas: parameters of the s and t nets, restricted to read the
+            features `spec.in_idx` and write `spec.out_idx` (see `restrict`).
+        gain: (2, 1, D/2), the gains a of s and b of t of the moved features.
+
     Returns the new `move` half and the log-determinant per row (negated for the inverse).
     """
-    st = residual_mlp(cond, weights, biases, betas, n_res, features, src, dst)  # (2, N, D/2)
-    s = torch.tanh(gain_s * st[0])
-    t = gain_t * st[1]
+    st = residual_mlp(cond, weights, biases, betas, spec) * gain  # (2, N, D/2)
+    s = torch.tanh(st[0])
     if inverse:
-        return (move - t) * torch.exp(-s), -s.sum(1)
-    return move * torch.exp(s) + t, s.sum(1)
+        return (move - st[1]) * torch.exp(-s), -s.sum(1)
+    return torch.addcmul(st[1], move, torch.exp(s)), s.sum(1)
+
+
+class CouplingFunction(torch.autograd.Function):
+    """`coupling_pass` (forward direction) with a hand-written backward pass.
+
+    apply(cond, move, gain, spec, *weights, *biases, *betas) -> (new move, ladj).
+    """
+
+    @staticmethod
+    def forward(ctx, cond: Tensor, move: Tensor, gain: Tensor, spec: MLPSpec, *params: Tensor):
+        n = len(params) // 3
+        weights, biases, betas = params[:n], params[n : 2 * n], params[2 * n :]
+        saved: list[Tensor] = []
+        st = residual_mlp(cond, weights, biases, betas, spec, saved)  # (2, N, D/2)
+        u = st * gain
+        s = u[0].tanh_()
+        e = torch.exp(s)
+        ctx.spec, ctx.n = spec, n
+        ctx.save_for_backward(move, gain, st, s, e, *weights, *betas, *saved)
+        return torch.addcmul(u[1], move, e), s.sum(1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_move: Tensor, grad_ladj: Tensor):
+        n = ctx.n
+        move, gain, st, s, e, *rest = ctx.saved_tensors
+        weights, betas, saved = rest[:n], rest[n : 2 * n], rest[2 * n :]
+        grad_old = grad_move * e  # gradient of the input `move`
+        grad_s = torch.addcmul(grad_ladj.unsqueeze(1), grad_old, move)
+        grad_u = torch.stack([torch.ops.aten.tanh_backward(grad_s, s), grad_move])
+        grad_gain = (grad_u * st).sum(1, keepdim=True)
+        grad_cond, grad_w, grad_b, grad_beta = residual_mlp_backward(
+            grad_u.mul_(gain), saved, weights, betas, ctx.spec
+        )
+        return grad_cond, grad_old, grad_gain, None, *grad_w, *grad_b, *grad_beta
 
 
 @functools.cache
@@ -147,22 +210,22 @@ class RNVPBlock(nn.Module):
         return fn(xa, xb)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        x = x[:, self.order]
+        x = PermuteFeatures.apply(x, self.order, self.unorder)
         xa, xb = x.chunk(2, dim=1)
         ladj = x.new_zeros(x.shape[0])
         for layer in self.layers:
             xa, xb, l = self._run(layer, layer.forward, xa, xb)
             ladj = ladj + l
-        return torch.cat([xa, xb], dim=1)[:, self.unorder], ladj
+        return PermuteFeatures.apply(torch.cat([xa, xb], dim=1), self.unorder, self.order), ladj
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        z = z[:, self.order]
+        z = PermuteFeatures.apply(z, self.order, self.unorder)
         za, zb = z.chunk(2, dim=1)
         ladj = z.new_zeros(z.shape[0])
         for layer in reversed(self.layers):
             za, zb, l = self._run(layer, layer.inverse, za, zb)
             ladj = ladj + l
-        return torch.cat([za, zb], dim=1)[:, self.unorder], ladj
+        return PermuteFeatures.apply(torch.cat([za, zb], dim=1), self.unorder, self.order), ladj
 
 
 def made_masks(features: int, hidden: int, n_mlp: int) -> list[Tensor]:
