@@ -99,6 +99,7 @@ class TrainConfig:
     sample_temperature: float = 0.8  # temperature of the per-epoch sample grid
     max_nonfinite: int = 20  # consecutive non-finite losses that stop the run
     eval_batches: int = 0  # test batches per epoch evaluation (0: the whole test split)
+    save_minutes: float = 10.0  # also save a resumable checkpoint this often within an epoch
 
 
 @dataclass(frozen=True)

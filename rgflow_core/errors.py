@@ -19,3 +19,11 @@ class DataError(RGFlowError):
 
 class UsageError(RGFlowError):
     """An argument value is out of range or inconsistent with the model."""
+
+
+class TrainingError(RGFlowError):
+    """Training cannot go on (e.g. persistent non-finite losses); the last good checkpoint stays."""
+
+
+class Interrupted(RGFlowError):
+    """The user stopped a run; the message says where its checkpoint is and how to resume."""

@@ -1,0 +1,286 @@
+"""Training: exact resume, the NaN guard, DDP equivalence, the run folder and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from PIL import Image
+from safetensors.torch import load_file
+
+from rgflow_cli.main import main
+from rgflow_core import load_model
+from rgflow_core.config import preset_from_dict
+from rgflow_core.data import ImageData, load_dataset, train_batches
+from rgflow_core.errors import TrainingError, UsageError
+from rgflow_core.train import Hooks, Trainer, evaluate
+
+TINY = dict(
+    dataset="folder",
+    image_size=8,
+    channels=1,
+    kernel_size=2,
+    n_layers=[1, 1, 1],
+    n_res=1,
+    n_mlp=1,
+    n_hidden=8,
+    batch_size=8,
+    epochs=2,
+    lr=1e-2,
+)
+
+
+def tiny_preset(**kw):
+    return preset_from_dict({**TINY, **kw}, name="tiny")
+
+
+def tiny_data(n_train: int = 32, n_test: int = 16) -> ImageData:
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randint(60, 200, (n_train + n_test, 1, 1, 1), generator=gen)
+    images = (base + torch.randint(-20, 20, (n_train + n_test, 1, 8, 8), generator=gen)).to(
+        torch.uint8
+    )
+    return ImageData("tiny", images[:n_train], images[n_train:], source=None)
+
+
+def weights(path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def test_resume_is_bitwise_identical(tmp_path):
+    preset, data = tiny_preset(), tiny_data()
+    Trainer(preset, data, tmp_path / "straight").fit()
+
+    one = tiny_preset(epochs=1)
+    Trainer(one, data, tmp_path / "split").fit()
+    Trainer(preset, data, tmp_path / "split", resume=True).fit()
+
+    a, b = (
+        weights(tmp_path / "straight/checkpoints/last.safetensors"),
+        weights(tmp_path / "split/checkpoints/last.safetensors"),
+    )
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    lines = (tmp_path / "split/metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
+class StopAfter(Hooks):
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+        self.seen = 0
+
+    def step(self, done, bpd, images_per_s) -> None:
+        self.seen += 1
+
+    def stop_requested(self) -> bool:
+        return self.seen >= self.steps
+
+
+def test_interrupt_mid_epoch_then_resume_matches(tmp_path):
+    preset, data = tiny_preset(), tiny_data()
+    Trainer(preset, data, tmp_path / "straight").fit()
+    with pytest.raises(Exception, match="Run the same command again"):
+        Trainer(preset, data, tmp_path / "cut", hooks=StopAfter(3)).fit()
+    assert not (tmp_path / "cut/checkpoints/last.safetensors").exists()
+    Trainer(preset, data, tmp_path / "cut").fit()  # no flag: continues by itself
+    a = weights(tmp_path / "straight/checkpoints/last.safetensors")
+    b = weights(tmp_path / "cut/checkpoints/last.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_run_folder_contents(tmp_path):
+    record = Trainer(tiny_preset(keep_checkpoints=1), tiny_data(), tmp_path / "run").fit()
+    run = tmp_path / "run"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "epoch-0002.safetensors",
+        "last.safetensors",
+        "state.pt",
+    ]
+    assert (run / "samples/epoch-0001.png").is_file() and (run / "samples/epoch-0002.png").is_file()
+    with Image.open(run / "samples/epoch-0002.png") as grid:
+        assert grid.size == (8 * 8 + 9 * 2, 8 * 8 + 9 * 2)
+    metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    for key in ("epoch", "step", "train_bpd", "test_bpd", "images_per_s", "seconds"):
+        assert key in metrics[-1]
+    assert metrics[-1]["test_bpd"] == pytest.approx(record["test_bpd"])
+    model = load_model(run / "checkpoints/last.safetensors")
+    assert evaluate(model, tiny_data().test) == pytest.approx(record["test_bpd"], abs=1e-5)
+    assert (
+        "test_bpd" in (run / "config.yaml").read_text()
+        or "epochs: 2" in (run / "config.yaml").read_text()
+    )
+    # learning happened: the second epoch beats the untrained model
+    fresh = Trainer(tiny_preset(), tiny_data(), tmp_path / "fresh").flow
+    assert record["test_bpd"] < evaluate(fresh, tiny_data().test)
+
+
+def test_resume_without_state_and_finished_run(tmp_path):
+    with pytest.raises(UsageError, match="nothing to resume"):
+        Trainer(tiny_preset(), tiny_data(), tmp_path / "none", resume=True)
+    Trainer(tiny_preset(epochs=1), tiny_data(), tmp_path / "done").fit()
+    before = (tmp_path / "done/checkpoints/last.safetensors").read_bytes()
+    Trainer(tiny_preset(epochs=1), tiny_data(), tmp_path / "done").fit()
+    assert (tmp_path / "done/checkpoints/last.safetensors").read_bytes() == before
+    with pytest.raises(UsageError, match="another model config"):
+        Trainer(tiny_preset(n_hidden=16), tiny_data(), tmp_path / "done")
+
+
+def test_nonfinite_losses_are_skipped_then_stop(tmp_path, monkeypatch):
+    preset = tiny_preset(max_nonfinite=2, epochs=3)
+    trainer = Trainer(preset, tiny_data(), tmp_path / "nan")
+    trainer.fit()  # three good epochs: a checkpoint exists
+    good = weights(tmp_path / "nan/checkpoints/last.safetensors")
+
+    poisoned = Trainer(tiny_preset(max_nonfinite=2, epochs=4), tiny_data(), tmp_path / "nan")
+    original = poisoned.flow.forward
+    calls = {"n": 0}
+
+    def forward(y):
+        calls["n"] += 1
+        z, ladj = original(y)
+        # one bad step, a good one, then bad ones (4 steps per epoch)
+        bad = calls["n"] == 1 or calls["n"] >= 3
+        return z, ladj * float("nan") if bad else ladj
+
+    monkeypatch.setattr(poisoned.flow, "forward", forward)
+    with pytest.raises(TrainingError, match="non-finite losses in a row"):
+        poisoned.fit()
+    assert poisoned.progress.nonfinite == 3
+    after = weights(tmp_path / "nan/checkpoints/last.safetensors")
+    assert all(torch.equal(good[k], after[k]) for k in good)
+
+
+def test_batches_cover_the_epoch_and_shard_by_rank():
+    images = torch.arange(20, dtype=torch.uint8).view(20, 1, 1, 1)
+    full = list(train_batches(images, 4, seed=1, epoch=1))
+    assert len(full) == 5 and len(torch.cat(full).unique()) == 20
+    shards = [list(train_batches(images, 4, seed=1, epoch=1, rank=r, world=2)) for r in (0, 1)]
+    for b, batch in enumerate(full):
+        assert torch.equal(
+            torch.cat([shards[0][b], shards[1][b]]).sort(0).values, batch.sort(0).values
+        )
+    resumed = list(train_batches(images, 4, seed=1, epoch=1, start=3))
+    assert all(torch.equal(x, y) for x, y in zip(resumed, full[3:]))
+
+
+def _ddp_worker(rank: int, port: int, root: str, result: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        Trainer(tiny_preset(epochs=1), tiny_data(), root).fit()
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_gloo_processes_match_one(tmp_path):
+    torch.manual_seed(0)
+    single = Trainer(tiny_preset(epochs=1), tiny_data(), tmp_path / "single").fit()
+    mp.spawn(_ddp_worker, args=(_free_port(), str(tmp_path / "ddp"), {}), nprocs=2, join=True)
+    a = weights(tmp_path / "single/checkpoints/last.safetensors")
+    b = weights(tmp_path / "ddp/checkpoints/last.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-5)
+    ddp = json.loads((tmp_path / "ddp/metrics.jsonl").read_text().splitlines()[-1])
+    assert ddp["train_bpd"] == pytest.approx(single["train_bpd"], abs=1e-5)
+    assert ddp["test_bpd"] == pytest.approx(single["test_bpd"], abs=1e-5)
+
+
+# --- data loading and the command line --------------------------------------------------
+
+
+def _write_folder(root, n: int = 12, size: int = 8) -> None:
+    for split, count in (("train", n), ("test", 4)):
+        (root / split).mkdir(parents=True)
+        for i in range(count):
+            Image.new("L", (size, size), 10 * i).save(root / split / f"{i}.png")
+
+
+def test_folder_dataset_and_wrong_size_names_the_file(tmp_path):
+    _write_folder(tmp_path / "imgs")
+    preset = tiny_preset(data_root=str(tmp_path / "imgs"))
+    data = load_dataset(preset.data, preset.model)
+    assert data.train.shape == (12, 1, 8, 8) and data.test.shape == (4, 1, 8, 8)
+    Image.new("L", (9, 8)).save(tmp_path / "imgs/train/bad.png")
+    with pytest.raises(Exception, match=r"bad\.png is 9x8"):
+        load_dataset(preset.data, preset.model)
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "argv", ["rgflow", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as exit_:
+        code = exit_.code or 0
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def test_cli_train_then_eval(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _write_folder(tmp_path / "imgs", n=16)
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text(json.dumps({**TINY, "epochs": 1}))
+    code, out = run_cli(
+        monkeypatch,
+        capsys,
+        "train",
+        "--preset",
+        str(preset),
+        "--data-root",
+        "imgs",
+        "--device",
+        "cpu",
+        "-q",
+    )
+    assert code == 0, out
+    assert "done: test bpd" in out and "runs/tiny/checkpoints/last.safetensors" in out
+    code, out = run_cli(monkeypatch, capsys, "eval", "--json", "--device", "cpu")
+    assert code == 0, out
+    printed = next(line for line in out.splitlines() if line.startswith("{"))
+    assert json.loads(printed)["bpd"] == pytest.approx(
+        json.loads((tmp_path / "runs/tiny/metrics.jsonl").read_text())["test_bpd"], abs=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--preset", "nosuch"], "unknown preset 'nosuch'"),
+        (["--preset", "quick", "--set", "n_layer=[2,2,2,2]"], "did you mean 'n_layers'"),
+        (["--preset", "quick", "--set", "dataset=imagenet"], "unknown dataset 'imagenet'"),
+        (["--preset", "cifar10", "--data-root", "nowhere"], "CIFAR-10 not found"),
+        (["--preset", "mnist32", "--data-root", "nowhere"], "MNIST not found"),
+        (["--preset", "celeba32", "--data-root", "nowhere"], "list_eval_partition.txt"),
+        (["--preset", "quick", "--device", "cuda:7"], "CUDA"),
+        (
+            ["--preset", "quick", "--resume", "--set", "dataset=folder", "--data-root", "imgs"],
+            "nothing to resume",
+        ),
+        (["--preset", "quick", "--out", "afile"], "is a file"),
+    ],
+)
+def test_cli_train_bad_input_is_one_line(tmp_path, monkeypatch, capsys, args, expected):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("")
+    _write_folder(tmp_path / "imgs", size=32)
+    code, out = run_cli(monkeypatch, capsys, "train", *args)
+    assert code != 0
+    assert "Traceback" not in out
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0], out
+    assert not (tmp_path / "runs").exists()
