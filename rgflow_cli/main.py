@@ -24,10 +24,27 @@ app = typer.Typer(
 
 def _register() -> None:
     # Imported here so that `rgflow --help` stays fast and each command lives in its module.
-    from rgflow_cli import bench, make_msds
+    from rgflow_cli import bench, make_msds, train
 
+    app.command("train")(train.train)
+    app.command("eval")(train.eval_command)
     app.command("make-msds")(make_msds.make_msds)
     app.command("bench")(bench.bench)
+
+    from rgflow_cli import codec, factors, mix, probe, receptive_field, sample
+
+    app.command("sample")(sample.sample)
+    app.command("encode")(codec.encode)
+    app.command("decode")(codec.decode)
+    app.command("mix")(mix.mix)
+    app.command("receptive-field")(receptive_field.receptive_field_command)
+    app.command("traverse")(factors.traverse)
+    app.command("walk")(factors.walk)
+    app.command("probe")(probe.probe)
+
+    from rgflow_cli import inpaint
+
+    app.command("inpaint")(inpaint.inpaint)
 
 
 _register()
