@@ -26,7 +26,7 @@ from rgflow_core.checkpoint import load_model, read_metadata
 from rgflow_core.config import DataConfig, load_preset, parse_overrides, preset_names
 from rgflow_core.data import load_dataset
 from rgflow_core.device import resolve_device
-from rgflow_core.errors import ConfigError, UsageError
+from rgflow_core.errors import UsageError
 from rgflow_core.train import Hooks, RunFolder, Trainer, evaluate
 
 console = Console(stderr=True)
@@ -138,10 +138,6 @@ def train(
     }
     overrides.update({k: v for k, v in flags.items() if v is not None})
     cfg = load_preset(preset, overrides)
-    if cfg.train.amp not in ("bf16", "off"):
-        raise ConfigError(f"amp must be bf16 or off, got {cfg.train.amp!r}")
-    if cfg.train.epochs < 1 or cfg.train.batch_size < 1 or cfg.train.lr <= 0:
-        raise ConfigError("epochs and batch_size must be >= 1 and lr > 0")
     run_dir = out / (name or cfg.name)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; give a folder to hold run folders")

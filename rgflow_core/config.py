@@ -89,6 +89,7 @@ class TrainConfig:
     epochs: int = 60
     batch_size: int = 64
     lr: float = 1e-3  # AdamW learning rate
+    lr_schedule: str = "constant"  # "constant" or "cosine" (decay to 0 over all epochs)
     weight_decay: float = 5e-2  # AdamW decoupled weight decay
     grad_clip: float = 1.0  # max global gradient norm (0: no clipping)
     seed: int = 0
@@ -100,6 +101,16 @@ class TrainConfig:
     max_nonfinite: int = 20  # consecutive non-finite losses that stop the run
     eval_batches: int = 0  # test batches per epoch evaluation (0: the whole test split)
     save_minutes: float = 10.0  # also save a resumable checkpoint this often within an epoch
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError("epochs and batch_size must be >= 1")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ConfigError(f"lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
+        if self.amp not in ("bf16", "off"):
+            raise ConfigError(f"amp must be bf16 or off, got {self.amp!r}")
 
 
 @dataclass(frozen=True)

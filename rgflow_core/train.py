@@ -285,8 +285,7 @@ class Trainer:
             raise CheckpointError(
                 f"{self.run.state} is not a usable training state ({err})"
             ) from err
-        for group in self.optimizer.param_groups:  # --lr and weight decay may change on resume
-            group["lr"] = self.cfg.lr
+        for group in self.optimizer.param_groups:  # weight decay may change on resume
             group["weight_decay"] = self.cfg.weight_decay
 
     def _model_config(self) -> dict[str, Any]:
@@ -449,6 +448,7 @@ class Trainer:
                 )
             return time.perf_counter() - t0
         self._consecutive_bad = 0
+        self._set_lr()
         self.optimizer.step()
         p.step += 1
         loss_value = loss.item()
@@ -460,6 +460,15 @@ class Trainer:
         p.epoch_bpd_sum += loss_value * n
         p.epoch_images += n
         return time.perf_counter() - t0
+
+    def _set_lr(self) -> None:
+        """The learning rate of the next step: constant, or cosine-decayed over the run."""
+        lr = self.cfg.lr
+        if self.cfg.lr_schedule == "cosine":
+            total = self.cfg.epochs * (len(self.data.train) // self.cfg.batch_size)
+            lr *= 0.5 * (1 + math.cos(math.pi * min(self.progress.step / total, 1.0)))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
     def _interrupt(self) -> None:
         self._save_state()
