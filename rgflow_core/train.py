@@ -232,8 +232,9 @@ class Trainer:
         self.flow = build_model(preset.model).to(self.device)
         self.flow.checkpointing = self.cfg.checkpointing
         self.flow.compile_blocks(self.cfg.compile)
+        # fused: one kernel updates all parameters, instead of a loop of small ones
         self.optimizer = torch.optim.AdamW(
-            self.flow.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay
+            self.flow.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, fused=True
         )
         self.progress = Progress()
         if self.run.state.is_file():
