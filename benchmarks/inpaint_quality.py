@@ -24,7 +24,7 @@ from rgflow_core.msds import read_msds
 def main(checkpoint: str, root: str, count: int) -> None:
     torch.manual_seed(0)
     model = load_model(checkpoint).eval()
-    images, labels = read_msds(root, "msds1", "test")
+    images, labels, _ = read_msds(root, "msds1", "test")
     gen = np.random.default_rng(0)
     try:
         import cv2

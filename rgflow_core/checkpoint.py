@@ -79,19 +79,25 @@ def save_model(model: nn.Module, path: str | Path, **metadata: Any) -> None:
     atomic_write_bytes(path, st_save(tensors, metadata=meta))
 
 
-def _read(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_safetensors(
+    path: str | Path, what: str = "checkpoint", error: type[Exception] = CheckpointError
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and string metadata of a safetensors file; `error` says what is wrong."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise error(f"{what} {path} does not exist")
     data = path.read_bytes()
     try:
         tensors = st_load(data)
         header_len = int.from_bytes(data[:8], "little")
         meta = json.loads(data[8 : 8 + header_len]).get("__metadata__") or {}
     except (SafetensorError, ValueError, UnicodeDecodeError) as err:
-        raise CheckpointError(
-            f"{path} is not a readable safetensors file (corrupt or truncated?)"
-        ) from err
+        raise error(f"{path} is not a readable safetensors file (corrupt or truncated?)") from err
+    return tensors, meta
+
+
+def _read(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    tensors, meta = read_safetensors(path)
     if meta.get("format") != FORMAT or "config" not in meta:
         raise CheckpointError(
             f"{path} is a safetensors file but not an rgflow checkpoint (no model config in it)"

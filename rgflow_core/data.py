@@ -114,7 +114,7 @@ def _load_msds(root: Path, data: DataConfig, model: ModelConfig, progress: Progr
         def read() -> Tensor:
             if progress:
                 progress(f"reading {name} {split}", 0, 1)
-            images, _ = read_msds(root, name, split)
+            images, _, _ = read_msds(root, name, split)
             return torch.from_numpy(images).permute(0, 3, 1, 2)
 
         return read

@@ -16,13 +16,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
 from rgflow_core import msds
-from rgflow_core.errors import DataError, UsageError
+from rgflow_core.errors import UsageError
 from rgflow_core.flow import RGFlow
 from rgflow_core.geometry import from_blocks, num_levels, to_blocks
 from rgflow_core.preprocess import bits_per_dim, dequantize
@@ -574,29 +572,5 @@ def read_msds_factors(
         images: uint8 (N, 3, 32, 32); factor: (N, 3) base colour (msds1) or (N,) base
         angle in degrees (msds2), as written in `labels.npz`.
     """
-    folder = Path(root) / name / split
-    labels_path = folder / msds.LABELS_FILE
-    hint = f"run `rgflow make-msds {name} --out {root}` to generate it"
-    if name not in msds.MSDS_NAMES:
-        raise UsageError(f"unknown MSDS set {name!r}; use one of {', '.join(msds.MSDS_NAMES)}")
-    if not labels_path.is_file():
-        raise DataError(f"MSDS set missing or incomplete: {labels_path} not found; {hint}")
-    try:
-        with np.load(labels_path, allow_pickle=False) as data:
-            factor = data["factor"]
-    except (OSError, ValueError, KeyError) as err:
-        raise DataError(f"cannot read the factor array of {labels_path} ({err}); {hint}") from err
-    total = len(factor)
-    if limit is None or limit >= total:
-        images, _ = msds.read_msds(root, name, split, workers)
-    else:
-        factor = factor[:limit]
-        images = np.empty((limit, msds.IMAGE_SIZE, msds.IMAGE_SIZE, 3), np.uint8)
-        for i in range(limit):
-            path = folder / msds.png_name(i, total)
-            try:
-                with Image.open(path) as img:
-                    images[i] = np.asarray(img.convert("RGB"))
-            except (OSError, ValueError) as err:
-                raise DataError(f"cannot read MSDS image {path} ({err}); {hint}") from err
+    images, _, factor = msds.read_msds(root, name, split, workers, limit)
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(factor)

@@ -16,12 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor
 
-from rgflow_core.checkpoint import atomic_write_bytes
+from rgflow_core.checkpoint import atomic_write_bytes, read_safetensors
 from rgflow_core.config import ModelConfig
 from rgflow_core.errors import ConfigError, DataError, UsageError
 from rgflow_core.explore import latents_by_level, level_positions
@@ -70,18 +68,7 @@ def save_latents(path: str | Path, model: RGFlow, z: Tensor, bpd: Tensor, names:
 
 def load_latents(path: str | Path) -> Latents:
     """Read a latents file written by `save_latents`."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"latents file {path} does not exist")
-    data = path.read_bytes()
-    try:
-        tensors = st_load(data)
-        header_len = int.from_bytes(data[:8], "little")
-        meta = json.loads(data[8 : 8 + header_len]).get("__metadata__") or {}
-    except (SafetensorError, ValueError, UnicodeDecodeError) as err:
-        raise DataError(
-            f"{path} is not a readable safetensors file (corrupt or truncated?)"
-        ) from err
+    tensors, meta = read_safetensors(path, "latents file", DataError)
     if meta.get("format") != FORMAT or "z" not in tensors:
         raise DataError(f"{path} is not an rgflow latents file (write one with `rgflow encode`)")
     try:

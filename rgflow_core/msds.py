@@ -185,13 +185,18 @@ def check_msds_request(name: str, n_train: int, n_test: int, seed: int, workers:
 
 
 def read_msds(
-    root: str | os.PathLike[str], name: str, split: str, workers: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Read one split of an MSDS set written by `write_msds`.
+    root: str | os.PathLike[str],
+    name: str,
+    split: str,
+    workers: int = 0,
+    limit: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read one split of an MSDS set written by `write_msds` (only the first `limit` images).
 
     Returns:
         images: uint8 (N, 32, 32, 3), in file-name order.
         labels: float32 (N, 16, 6), columns `LABEL_COLUMNS`.
+        factor: float32, the global factor (see `render_msds`).
     """
     _check_name(name)
     _split_id(split)
@@ -203,16 +208,19 @@ def read_msds(
         raise DataError(f"MSDS set missing or incomplete: {labels_path} not found; {hint}")
     try:
         with np.load(labels_path, allow_pickle=False) as data:
-            labels = data["labels"]
+            labels, factor = data["labels"], data["factor"]
     except (OSError, ValueError, KeyError) as err:
         raise DataError(f"cannot read {labels_path} ({err}); {hint}") from err
 
-    n = len(labels)
+    total = len(labels)  # the file names are padded for the whole split
+    n = total if limit is None else min(limit, total)
     images = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
-    tasks = [(str(folder), start, min(_CHUNK, n - start), n, hint) for start in range(0, n, _CHUNK)]
+    tasks = [
+        (str(folder), start, min(_CHUNK, n - start), total, hint) for start in range(0, n, _CHUNK)
+    ]
     for start, chunk in _run(_read_chunk, tasks, workers):
         images[start : start + len(chunk)] = chunk
-    return images, labels
+    return images, labels[:n], factor[:n]
 
 
 def msds_complete(root: str | os.PathLike[str], name: str) -> bool:

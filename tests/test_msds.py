@@ -63,7 +63,7 @@ def test_read_returns_what_was_rendered(tmp_path):
     for split, n in (("train", 12), ("test", 3)):
         images, labels, factor = msds.render_msds("msds1", split, 0, n, seed=2)
         for workers in (1, 2):
-            read_images, read_labels = msds.read_msds(tmp_path, "msds1", split, workers=workers)
+            read_images, read_labels, _ = msds.read_msds(tmp_path, "msds1", split, workers=workers)
             np.testing.assert_array_equal(read_images, images)
             np.testing.assert_array_equal(read_labels, labels)
         stored = _labels(tmp_path / "msds1", split)
