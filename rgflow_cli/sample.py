@@ -58,6 +58,7 @@ def sample(
         ),
     ] = None,
     nrow: Annotated[int, typer.Option("--nrow", help="Images per row of the grid.")] = 8,
+    zoom: Annotated[int, typer.Option("--zoom", help="Enlarge the grid this many times.")] = 1,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Grid PNG (default samples.png).")
     ] = None,
@@ -71,8 +72,8 @@ def sample(
     """Sample images from the model (z ~ prior at a temperature, decoded)."""
     if num < 1:
         raise UsageError(f"-n must be >= 1, got {num}")
-    if nrow < 1 or batch_size < 1:
-        raise UsageError("--nrow and --batch-size must be >= 1")
+    if nrow < 1 or batch_size < 1 or zoom < 1:
+        raise UsageError("--nrow, --batch-size and --zoom must be >= 1")
     check_temperature(temperature)
     levels = parse_level_temperatures(level_temperature) if level_temperature else None
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
@@ -92,5 +93,5 @@ def sample(
             write_image(image, out_dir / f"sample_{i:0{width}d}.png")
         typer.echo(f"wrote {num} samples to {out_dir}")
     if output is not None or out_dir is None:
-        path = write_grid(images, output or Path("samples.png"), nrow=nrow)
+        path = write_grid(images, output or Path("samples.png"), nrow=nrow, zoom=zoom)
         typer.echo(f"wrote {path}")

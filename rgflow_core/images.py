@@ -95,6 +95,10 @@ def image_grid(images: Tensor, nrow: int = 8, padding: int = 2, pad_value: int =
     return (grid.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def write_grid(images: Tensor, path: str | Path, nrow: int = 8) -> Path:
-    """Write a batch of images as one PNG grid (atomically); return the path."""
-    return write_image(image_grid(images, nrow=nrow), path)
+def write_grid(images: Tensor, path: str | Path, nrow: int = 8, zoom: int = 1) -> Path:
+    """Write a batch of images as one PNG grid (atomically), each pixel enlarged to a
+    `zoom` x `zoom` square; return the path."""
+    grid = image_grid(images, nrow=nrow)
+    if zoom > 1:
+        grid = grid.repeat_interleave(zoom, dim=1).repeat_interleave(zoom, dim=2)
+    return write_image(grid, path)

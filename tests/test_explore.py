@@ -105,6 +105,10 @@ def test_sample_grid_files_and_seed(ckpts, tmp_path):
     np.testing.assert_array_equal(grid[2:10, 2:10], _pixels(files[0]))
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "c.png").read_bytes()
     assert (tmp_path / "a.png").read_bytes() != (tmp_path / "b.png").read_bytes()
+    _ok([*args, "-o", tmp_path / "z.png", "--seed", "3", "--zoom", "3"])
+    zoomed = _pixels(tmp_path / "z.png")
+    assert zoomed.shape == (3 * grid.shape[0], 3 * grid.shape[1], 3)
+    np.testing.assert_array_equal(zoomed[::3, ::3], grid)  # each pixel a 3 x 3 square
 
 
 def test_sample_uses_env_checkpoint_and_says_which(ckpts, tmp_path, monkeypatch):
