@@ -198,11 +198,16 @@ def eval_command(
     split: Annotated[str, typer.Option(help="test or train.")] = "test",
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 256,
     device: DeviceOpt = "auto",
+    amp: Annotated[
+        str, typer.Option(help="bf16 autocast or off (compare the two to check bf16's error).")
+    ] = "off",
     as_json: Annotated[bool, typer.Option("--json", help='Print {"bpd": ...}.')] = False,
 ) -> None:
     """Bits per dimension of a checkpoint on a dataset split (fixed dequantisation seed)."""
     if split not in ("train", "test"):
         raise UsageError(f"--split must be train or test, got {split!r}")
+    if amp not in ("bf16", "off"):
+        raise UsageError(f"--amp must be bf16 or off, got {amp!r}")
     if batch_size < 1:
         raise UsageError("--batch-size must be >= 1")
     path = resolve_checkpoint(checkpoint)
@@ -220,10 +225,11 @@ def eval_command(
             model,
             images,
             batch_size=batch_size,
+            amp=amp == "bf16",
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     if as_json:
-        typer.echo(json.dumps({"bpd": bpd, "split": split, "images": len(images)}))
+        typer.echo(json.dumps({"bpd": bpd, "split": split, "images": len(images), "amp": amp}))
     else:
         typer.echo(f"{data_cfg.dataset} {split}: {bpd:.4f} bits/dim on {len(images)} images")
 

@@ -220,13 +220,30 @@ def residual_mlp(
             if saved is not None:
                 saved += [h, sig]
             swish = sig.mul_(h) if in_place else h * sig  # h * sigmoid(beta * h)
-            h = torch.baddbmm(biases[i], swish, weights[i])
+            if i == len(weights) - 1:
+                h = _output_linear(biases[i], swish, weights[i], x.dtype)
+            else:
+                h = torch.baddbmm(biases[i], swish, weights[i])
         out_cols = spec.out_idx if r == spec.n_res - 1 else None
         shared = spec.overlap(cols, out_cols)
         if shared is not None:  # h is g(x) / sqrt(2): add x / sqrt(2)
             h[..., shared[1]].add_(stream[..., shared[0]], alpha=RES_SCALE)
         stream, cols = h, out_cols
     return stream
+
+
+def _output_linear(bias: Tensor, x: Tensor, weight: Tensor, dtype: torch.dtype) -> Tensor:
+    """The nets' last Linear, in `dtype` (the input's) even under autocast.
+
+    The outputs s and t are only as precise as this matmul, and their rounding errors add
+    up over every coupling layer into the log-determinant: with it in bf16 the quick
+    model's test bpd moved by 0.016, with it in float32 by 0.002. It is the smallest
+    Linear of the net, so this costs little.
+    """
+    if not torch.is_autocast_enabled(x.device.type):
+        return torch.baddbmm(bias, x, weight)
+    with torch.autocast(x.device.type, enabled=False):
+        return torch.baddbmm(bias.to(dtype), x.to(dtype), weight.to(dtype))
 
 
 def residual_mlp_backward(
