@@ -118,8 +118,16 @@ class RGFlow(nn.Module):
     def compile_blocks(self, enabled: bool = True) -> None:
         """Run the coupling passes through `torch.compile` (fused elementwise kernels).
 
-        Cheaper to compile than the whole model: one graph serves all coupling layers.
+        Cheaper to compile than the whole model: a few graphs serve all coupling layers,
+        one per direction of the checkerboard pass, forward or inverse, with or without
+        autograd (8, plus a recompile or two when sizes first vary), so dynamo's default
+        limit of 8 recompilations is raised to keep them all compiled.
         """
+        if enabled:
+            import torch._dynamo
+
+            dynamo_config = torch._dynamo.config
+            dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 32)
         for m in self.modules():
             if isinstance(m, CouplingLayer):
                 m.compiled = enabled
