@@ -10,6 +10,7 @@ import torch
 import typer
 from rich.console import Console
 
+from rgflow_cli.common import AmpOpt, use_bf16
 from rgflow_core.bench import run_bench
 from rgflow_core.config import load_preset, parse_overrides
 from rgflow_core.device import resolve_device
@@ -28,7 +29,7 @@ def bench(
         bool, typer.Option(help="Activation checkpointing (memory-saving mode).")
     ] = False,
     compile: Annotated[bool, typer.Option(help="torch.compile the coupling kernels.")] = False,
-    amp: Annotated[str, typer.Option(help="bf16 or off.")] = "off",
+    amp: AmpOpt = "off",
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a preset key: key=value.")
     ] = None,
@@ -44,8 +45,7 @@ def bench(
     """Measure parameters, FLOPs, training and sampling images/s, and peak memory."""
     if batch_size < 1 or steps < 1 or sample_batches < 1:
         raise UsageError("--batch-size, --steps and --sample-batches must be >= 1")
-    if amp not in ("bf16", "off"):
-        raise UsageError(f"--amp must be bf16 or off, got {amp!r}")
+    use_bf16(amp)  # validates --amp
     cfg = load_preset(preset, parse_overrides(set_ or []))
     if inpaint:
         bench_inpaint_command(cfg, sizes, hole, resolve_device(device), as_json)

@@ -11,6 +11,7 @@ import typer
 
 from rgflow_core.checkpoint import find_latest_checkpoint, load_model
 from rgflow_core.device import resolve_device
+from rgflow_core.errors import UsageError
 from rgflow_core.flow import RGFlow
 
 CheckpointOpt = Annotated[
@@ -23,9 +24,17 @@ CheckpointOpt = Annotated[
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
+AmpOpt = Annotated[str, typer.Option("--amp", help="bf16 autocast or off.")]
 ResizeOpt = Annotated[
     bool, typer.Option("--resize", help="Crop and resize images of another size or mode.")
 ]
+
+
+def use_bf16(amp: str) -> bool:
+    """True for --amp bf16, False for off; anything else is a UsageError."""
+    if amp not in ("bf16", "off"):
+        raise UsageError(f"--amp must be bf16 or off, got {amp!r}")
+    return amp == "bf16"
 
 
 def resolve_checkpoint(checkpoint: Path | None, runs_dir: Path = Path("runs")) -> Path:

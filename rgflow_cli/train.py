@@ -21,7 +21,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from rgflow_cli.common import CheckpointOpt, DeviceOpt, resolve_checkpoint
+from rgflow_cli.common import AmpOpt, CheckpointOpt, DeviceOpt, resolve_checkpoint, use_bf16
 from rgflow_core.checkpoint import load_model, read_metadata
 from rgflow_core.config import DataConfig, load_preset, parse_overrides, preset_names
 from rgflow_core.data import load_dataset
@@ -198,16 +198,13 @@ def eval_command(
     split: Annotated[str, typer.Option(help="test or train.")] = "test",
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 256,
     device: DeviceOpt = "auto",
-    amp: Annotated[
-        str, typer.Option(help="bf16 autocast or off (compare the two to check bf16's error).")
-    ] = "off",
+    amp: AmpOpt = "off",
     as_json: Annotated[bool, typer.Option("--json", help='Print {"bpd": ...}.')] = False,
 ) -> None:
     """Bits per dimension of a checkpoint on a dataset split (fixed dequantisation seed)."""
     if split not in ("train", "test"):
         raise UsageError(f"--split must be train or test, got {split!r}")
-    if amp not in ("bf16", "off"):
-        raise UsageError(f"--amp must be bf16 or off, got {amp!r}")
+    bf16 = use_bf16(amp)
     if batch_size < 1:
         raise UsageError("--batch-size must be >= 1")
     path = resolve_checkpoint(checkpoint)
@@ -225,7 +222,7 @@ def eval_command(
             model,
             images,
             batch_size=batch_size,
-            amp=amp == "bf16",
+            amp=bf16,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     if as_json:
