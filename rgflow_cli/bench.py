@@ -1,39 +1,28 @@
 """`rgflow bench`: speed and memory of a preset's architecture on this machine."""
 
-from __future__ import annotations
-
 import dataclasses
 import json
 from typing import Annotated
 
-import torch
 import typer
-from rich.console import Console
 
-from rgflow_cli.common import AmpOpt, use_bf16
-from rgflow_core.bench import run_bench
-from rgflow_core.config import load_preset, parse_overrides
-from rgflow_core.device import resolve_device
+from rgflow_cli.options import Amp, AmpOpt, DeviceOpt, JsonOpt, PresetOpt, SetOpt
+from rgflow_cli.progress import console
 from rgflow_core.errors import UsageError
 
 
 def bench(
-    preset: Annotated[str, typer.Option("--preset", "-p", help="Preset name or YAML file.")] = (
-        "quick"
-    ),
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    preset: PresetOpt = "quick",
+    device: DeviceOpt = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per step.")] = 64,
     steps: Annotated[int, typer.Option(help="Timed training steps.")] = 3,
     sample_batches: Annotated[int, typer.Option(help="Timed sampling batches.")] = 2,
     checkpointing: Annotated[
         bool, typer.Option(help="Activation checkpointing (memory-saving mode).")
     ] = False,
-    compile: Annotated[bool, typer.Option(help="torch.compile the coupling kernels.")] = False,
-    amp: AmpOpt = "off",
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Override a preset key: key=value.")
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    compile: Annotated[bool, typer.Option(help="torch.compile the coupling passes.")] = False,
+    amp: AmpOpt = Amp.off,
+    set_: SetOpt = None,
     inpaint: Annotated[
         bool, typer.Option("--inpaint", help="Time an inpainting step: causal cone vs whole image.")
     ] = False,
@@ -41,66 +30,60 @@ def bench(
         str, typer.Option(help="--inpaint: image sizes L, comma-separated.")
     ] = "32,64,128,256",
     hole: Annotated[int, typer.Option(help="--inpaint: edge of the square hole.")] = 8,
+    as_json: JsonOpt = False,
 ) -> None:
     """Measure parameters, FLOPs, training and sampling images/s, and peak memory."""
-    if batch_size < 1 or steps < 1 or sample_batches < 1:
-        raise UsageError("--batch-size, --steps and --sample-batches must be >= 1")
-    use_bf16(amp)  # validates --amp
+    from rgflow_core.bench import run_bench
+    from rgflow_core.config import load_preset, parse_overrides
+    from rgflow_core.device import resolve_device
+
     cfg = load_preset(preset, parse_overrides(set_ or []))
+    dev = resolve_device(device)
     if inpaint:
-        bench_inpaint_command(cfg, sizes, hole, resolve_device(device), as_json)
+        _bench_inpaint(cfg, sizes, hole, dev, as_json)
         return
-    console = Console(stderr=True)
     with console.status("benchmarking") as status:
         result = run_bench(
-            cfg.model,
-            preset=cfg.name,
-            device=resolve_device(device),
-            batch_size=batch_size,
-            train_steps=steps,
-            sample_batches=sample_batches,
-            checkpointing=checkpointing,
-            compile=compile,
-            amp=amp,
-            progress=lambda message: status.update(f"benchmarking: {message}"),
-        )
+            cfg.model, preset=cfg.name, device=dev, batch_size=batch_size, train_steps=steps,
+            sample_batches=sample_batches, checkpointing=checkpointing, compile=compile,
+            amp=amp.value, progress=lambda message: status.update(f"benchmarking: {message}"),
+        )  # fmt: skip
     figures = dataclasses.asdict(result)
     if as_json:
         typer.echo(json.dumps(figures))
         return
     for key, value in figures.items():
-        shown = (
-            f"{value:,.3f}"
-            if isinstance(value, float)
-            else f"{value:,}"
-            if (isinstance(value, int) and not isinstance(value, bool))
-            else str(value)
-        )
+        if isinstance(value, float):
+            shown = f"{value:,.3f}"
+        elif isinstance(value, int) and not isinstance(value, bool):
+            shown = f"{value:,}"
+        else:
+            shown = str(value)
         typer.echo(f"{key:32s} {shown}")
 
 
-def bench_inpaint_command(cfg, sizes: str, hole: int, device, as_json: bool) -> None:
-    """`rgflow bench --inpaint`: print one row per image size (or JSON)."""
-    from rgflow_core.inpaint import bench_inpaint
+def _bench_inpaint(cfg, sizes: str, hole: int, device, as_json: bool) -> None:
+    """`rgflow bench --inpaint`: one row per image size (or JSON)."""
+    import torch
+
+    from rgflow_core.bench import bench_inpaint
 
     try:
         sizes_list = [int(s) for s in sizes.split(",") if s.strip()]
-    except ValueError as err:
-        raise UsageError(f"--sizes must be comma-separated integers, got {sizes!r}") from err
-    if not sizes_list or hole < 1:
-        raise UsageError("--sizes needs at least one size and --hole must be >= 1")
+    except ValueError:
+        raise UsageError(f"must be comma-separated integers, got {sizes!r}", "sizes") from None
+    if not sizes_list:
+        raise UsageError("needs at least one size", "sizes")
+    m = cfg.model
     arch = (
-        f"preset {cfg.name}'s architecture (n_layers {cfg.model.n_layers[-1]} on added levels, "
-        f"n_res {cfg.model.n_res}, n_mlp {cfg.model.n_mlp}, n_hidden {cfg.model.n_hidden})"
+        f"preset {cfg.name}'s architecture (n_layers {m.n_layers[-1]} on added levels, "
+        f"n_res {m.n_res}, n_mlp {m.n_mlp}, n_hidden {m.n_hidden})"
     )
-    with Console(stderr=True).status("benchmarking inpainting") as status:
+    with console.status("benchmarking inpainting") as status:
         rows = bench_inpaint(
-            cfg.model,
-            sizes_list,
-            hole,
-            device=device,
+            m, sizes_list, hole, device=device,
             progress=lambda message: status.update(f"benchmarking inpainting: {message}"),
-        )
+        )  # fmt: skip
     if as_json:
         figures = {"architecture": arch, "device": str(device), "hole": hole}
         typer.echo(json.dumps(figures | {"rows": [dataclasses.asdict(r) for r in rows]}))

@@ -1,63 +1,134 @@
 """Entry point of the `rgflow` command: registers the commands and maps errors.
 
-Every error a user can cause is an `RGFlowError` (or a file-system error); `main()`
-prints it as one line and exits 1. Set RGFLOW_DEBUG=1 to see the traceback instead.
+Every error a user can cause is an `RGFlowError`, an OS error, a memory error or a Typer
+usage error; `main()` prints it as one `error:` line and exits non-zero. Set
+RGFLOW_DEBUG=1 to see the traceback instead. A core error that names one of its
+arguments (`UsageError.argument`) is shown with the command-line flag of that argument.
+
+Command modules import only typer and light helpers at the top, so that `--help` and
+`--version` answer at once; torch and the model are imported inside the commands.
 """
 
-from __future__ import annotations
-
+import functools
 import os
 import sys
+import typing
+from collections.abc import Callable
+from typing import Annotated
 
 import typer
+from typer.models import ArgumentInfo, OptionInfo
 
+from rgflow_cli import (
+    bench,
+    codec,
+    factors,
+    info,
+    inpaint,
+    make_msds,
+    mix,
+    probe,
+    receptive_field,
+    sample,
+    train,
+)
+from rgflow_core import __version__
 from rgflow_core.errors import RGFlowError
+from rgflow_core.files import describe_os_error
 
 app = typer.Typer(
     name="rgflow",
     help="RG-Flow: hierarchical, explainable normalizing flows for images.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: rendering it with rich costs more than 0.1 s
 )
 
 
-def _register() -> None:
-    # Imported here so that `rgflow --help` stays fast and each command lives in its module.
-    from rgflow_cli import bench, make_msds, train
-
-    app.command("train")(train.train)
-    app.command("eval")(train.eval_command)
-    app.command("make-msds")(make_msds.make_msds)
-    app.command("bench")(bench.bench)
-
-    from rgflow_cli import codec, factors, mix, probe, receptive_field, sample
-
-    app.command("sample")(sample.sample)
-    app.command("encode")(codec.encode)
-    app.command("decode")(codec.decode)
-    app.command("mix")(mix.mix)
-    app.command("receptive-field")(receptive_field.receptive_field_command)
-    app.command("traverse")(factors.traverse)
-    app.command("walk")(factors.walk)
-    app.command("probe")(probe.probe)
-
-    from rgflow_cli import inpaint
-
-    app.command("inpaint")(inpaint.inpaint)
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"rgflow {__version__}")
+        raise typer.Exit()
 
 
-_register()
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """RG-Flow: hierarchical, explainable normalizing flows for images."""
+
+
+def _flags(fn: Callable) -> dict[str, str]:
+    """Parameter name -> how the command line spells it (`--scale`, `IMAGE`)."""
+    flags = {}
+    for name, hint in typing.get_type_hints(fn, include_extras=True).items():
+        info = next(
+            (
+                m
+                for m in getattr(hint, "__metadata__", ())
+                if isinstance(m, OptionInfo | ArgumentInfo)
+            ),
+            None,
+        )
+        if isinstance(info, ArgumentInfo):
+            flags[name] = (info.metavar or name.upper()).strip("[].")
+        elif isinstance(info, OptionInfo):
+            decls = [d for d in (info.param_decls or ()) if d.startswith("--")]
+            flags[name] = decls[0] if decls else "--" + name.replace("_", "-")
+    return flags
+
+
+class CommandError(Exception):
+    """A core error as the command line shows it: its arguments spelled as flags."""
+
+
+def _command(name: str, fn: Callable) -> None:
+    """Register `fn` as a command whose errors name its flags: a core error about its
+    argument `scale` is shown as being about `--scale`."""
+    flags = _flags(fn)
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except RGFlowError as err:
+            raise CommandError(err.render(lambda arg: flags.get(arg, arg))) from err
+
+    app.command(name)(run)
+
+
+for _name, _fn in {
+    "train": train.train,
+    "eval": train.evaluate,
+    "sample": sample.sample,
+    "encode": codec.encode,
+    "decode": codec.decode,
+    "mix": mix.mix,
+    "receptive-field": receptive_field.receptive_field,
+    "traverse": factors.traverse,
+    "walk": factors.walk,
+    "probe": probe.probe,
+    "inpaint": inpaint.inpaint,
+    "info": info.info,
+    "make-msds": make_msds.make_msds,
+    "bench": bench.bench,
+}.items():
+    _command(_name, _fn)
 
 
 def main() -> None:
     """Run the app; every error a user can cause becomes one line on stderr."""
     try:
         code = app(standalone_mode=False)
-    except RGFlowError as err:
+    except (CommandError, RGFlowError) as err:
         _fail(str(err))
-    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as err:
-        _fail(f"{err.strerror}: {err.filename}" if err.filename else str(err))
+    except OSError as err:
+        _fail(describe_os_error(err))
+    except MemoryError:
+        _fail("out of memory; use a smaller batch size, model or image count")
     except (KeyboardInterrupt, typer.Abort):
         _fail("interrupted", code=130)
     except Exception as err:
@@ -67,14 +138,16 @@ def main() -> None:
             raise
         _fail(f"{err.format_message()} (see `rgflow --help`)", code=err.exit_code)
     else:
+        if code == 130:  # Typer turns a KeyboardInterrupt into this exit code, silently
+            _fail("interrupted", code=130)
         if isinstance(code, int) and code:
             sys.exit(code)
 
 
 def _fail(message: str, code: int = 1) -> None:
     if os.environ.get("RGFLOW_DEBUG"):
-        raise
-    typer.echo(f"error: {message}", err=True)
+        raise  # noqa: PLE0704 - re-raise the exception being handled, with its traceback
+    typer.echo(f"error: {' '.join(message.split())}", err=True)
     sys.exit(code)
 
 

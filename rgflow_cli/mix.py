@@ -1,26 +1,24 @@
 """`rgflow mix`: combine two images across scales (high levels of one, low of the other)."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 
-from rgflow_cli.common import CheckpointOpt, DeviceOpt, ResizeOpt, SeedOpt, open_model
-from rgflow_cli.figures import panel, write_png
+from rgflow_cli.io import open_model, write_bytes
+from rgflow_cli.options import AllowLargeOpt, CheckpointOpt, DeviceOpt, ResizeOpt, ZoomOpt
 from rgflow_core.errors import UsageError
-from rgflow_core.explore import check_scale, mix_panel
-from rgflow_core.images import read_images, write_image
 
-ZoomOpt = Annotated[int, typer.Option("--zoom", help="Enlarge figure cells this many times.")]
-COLUMNS = ("a", "b", "a-high + b-low", "b-high + a-low")
+COLUMNS = ["a", "b", "a-high + b-low", "b-high + a-low"]
 
 
 def mix(
-    first: Annotated[Path, typer.Argument(help="Image A: gives the latents of levels >= S.")],
-    second: Annotated[Path, typer.Argument(help="Image B: gives the latents below S.")],
+    first: Annotated[
+        Path, typer.Argument(metavar="A", help="Image A: gives the latents of levels >= S.")
+    ],
+    second: Annotated[
+        Path, typer.Argument(metavar="B", help="Image B: gives the latents below S.")
+    ],
     scale: Annotated[
         int | None, typer.Option("--scale", "-s", help="The cut S, in 1..H-1.")
     ] = None,
@@ -41,31 +39,35 @@ def mix(
     checkpoint: CheckpointOpt = None,
     resize: ResizeOpt = False,
     device: DeviceOpt = "auto",
-    seed: SeedOpt = 0,
+    allow_large: AllowLargeOpt = False,
 ) -> None:
     """Mix two images across scales: A's latents of levels >= S with B's below S.
 
     High levels carry the large-scale structure (pose, shape, lighting), low levels the
     texture and detail.
     """
+    from rgflow_core.figures import image_panel
+    from rgflow_core.files import check_outputs
+    from rgflow_core.images import read_images, write_image
+    from rgflow_core.mixing import check_scale, mix_panel
+
     if scale is None and not all_scales:
-        raise UsageError("give the cut with --scale S (or use --all-scales)")
-    if zoom < 1:
-        raise UsageError(f"--zoom must be >= 1, got {zoom}")
-    torch.manual_seed(seed)
-    model, _ = open_model(checkpoint, device)
+        raise UsageError("give the cut with --scale S (or use --all-scales)", "scale")
+    model, _, path = open_model(checkpoint, device, allow_large)
+    check_outputs([output, grid], [path, first, second])
+    H = model.config.levels
+    scales = list(range(1, H)) if all_scales else [scale]
+    for s in scales + ([scale] if scale is not None else []):
+        check_scale(model, s)
     cfg = model.config
-    scales = list(range(1, cfg.levels)) if all_scales else [check_scale(model, scale)]
-    if all_scales and scale is not None:
-        check_scale(model, scale)
-    if not scales:
-        raise UsageError("this model has a single RG level: there is no scale to cut at")
-    a, b = read_images([first, second], cfg.channels, cfg.image_size, resize_to_fit=resize)
+    a, b = read_images([first, second], cfg.channels, cfg.image_size, resize)
     rows = mix_panel(model, a, b, scales)  # (S, 4, C, L, L)
-    figure = panel(rows, [f"S={s}" for s in scales], COLUMNS, zoom=zoom)
+    title = f"mixing across scales: levels >= S of one image, levels < S of the other ({H} levels)"
+    cells = [list(r) for r in rows]
+    figure = image_panel(cells, [f"S={s}" for s in scales], COLUMNS, title, cell_inches=0.35 * zoom)
+    if grid is not None:
+        typer.echo(f"wrote {write_bytes(figure, grid)}")
     if all_scales:
-        typer.echo(f"wrote {write_png(figure, output)}")
+        typer.echo(f"wrote {write_bytes(figure, output)}")
     else:
         typer.echo(f"wrote {write_image(rows[0, 2], output)}")
-    if grid is not None:
-        typer.echo(f"wrote {write_png(figure, grid)}")

@@ -1,38 +1,42 @@
-"""`rgflow probe`: how linearly each RG level's latents encode an MSDS global factor."""
-
-from __future__ import annotations
+"""`rgflow probe`: at which scale each MSDS factor lives, by a linear read-out per level."""
 
 import dataclasses
 import json
-from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import torch
 import typer
-from rich.console import Console
-from rich.table import Table
-from torchvision.transforms.functional import resize as tv_resize
-from torchvision.transforms.functional import rgb_to_grayscale
 
-from rgflow_cli.common import CheckpointOpt, DeviceOpt, ResizeOpt, SeedOpt, open_model
+from rgflow_cli.io import open_model, write_bytes
+from rgflow_cli.options import (
+    AllowLargeOpt,
+    BatchOpt,
+    CheckpointOpt,
+    DeviceOpt,
+    JsonOpt,
+    MSDSName,
+    ResizeOpt,
+    SeedOpt,
+)
 from rgflow_cli.progress import progress_bar
-from rgflow_core.errors import DataError, UsageError
-from rgflow_core.explore import encode_images, msds_targets, probe_levels, read_msds_factors
-from rgflow_core.flow import RGFlow
+from rgflow_core.errors import DataError
 
-FACTORS = {"msds1": "base colour (r, g, b)", "msds2": "base angle (sin 2a, cos 2a)"}
+if TYPE_CHECKING:
+    import torch
+
+    from rgflow_core.flow import RGFlow
+
+FACTORS = {
+    "msds1": {"global": "base colour", "local": "ellipse angles"},
+    "msds2": {"global": "base angle", "local": "ellipse colours"},
+}
 
 
-class ProbeSet(str, Enum):
-    """MSDS sets with a known global factor."""
-
-    msds1 = "msds1"
-    msds2 = "msds2"
-
-
-def _fit_to_model(images: torch.Tensor, model: RGFlow, resize: bool) -> torch.Tensor:
+def _fit_to_model(images: "torch.Tensor", model: "RGFlow", resize: bool) -> "torch.Tensor":
     """uint8 (N, 3, 32, 32) MSDS images in the model's shape (an error unless `resize`)."""
+    from torchvision.transforms.functional import resize as tv_resize
+    from torchvision.transforms.functional import rgb_to_grayscale
+
     cfg = model.config
     if images.shape[1:] == (cfg.channels, cfg.image_size, cfg.image_size):
         return images
@@ -51,67 +55,97 @@ def probe(
         Path, typer.Option("--data-root", help="Folder holding the MSDS set (DATA_ROOT/NAME).")
     ] = Path("data"),
     dataset: Annotated[
-        ProbeSet, typer.Option("--dataset", help="msds1: colour; msds2: angle.")
-    ] = ProbeSet.msds1,
+        MSDSName, typer.Option("--dataset", help="msds1: colour global; msds2: angle global.")
+    ] = MSDSName.msds1,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Bar chart of R² by level (PNG).")
+    ] = Path("probe.png"),
     max_images: Annotated[
         int | None,
-        typer.Option("--max-images", help="Use at most N images of each split."),
+        typer.Option("--max-images", min=2, help="Use at most N images of each split."),
     ] = None,
     alpha: Annotated[
         float | None,
         typer.Option("--alpha", help="Ridge penalty (default: chosen on held-out train images)."),
     ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per batch.")] = 256,
-    workers: Annotated[int, typer.Option("--workers", help="Image readers (0 = all cores).")] = 0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    batch_size: BatchOpt = 256,
+    workers: Annotated[
+        int, typer.Option("--workers", min=0, max=256, help="Image readers (0 = all cores).")
+    ] = 0,
     resize: ResizeOpt = False,
     checkpoint: CheckpointOpt = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
+    allow_large: AllowLargeOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Linear read-out (ridge) of the image's global factor from each level's latents.
+    """Linear read-out (ridge) of the global and the local factors from each level's latents.
 
-    Fitted on the train split, scored by R^2 on the test split. A sparse, disentangled
-    model puts the global factor in the high levels.
+    Fitted on the train split, scored by R² on the test split. A model that separates
+    scales reads the global factor best from the high levels and the local factors from
+    the low ones.
     """
-    if max_images is not None and max_images < 2:
-        raise UsageError(f"--max-images must be >= 2, got {max_images}")
-    if batch_size < 1 or workers < 0:
-        raise UsageError("--batch-size must be >= 1 and --workers >= 0")
-    if alpha is not None and alpha < 0:
-        raise UsageError(f"--alpha must be >= 0, got {alpha}")
+    from rgflow_core.checks import check_float
+    from rgflow_core.codec import encode_images
+    from rgflow_core.data import read_msds_images
+    from rgflow_core.figures import probe_chart
+    from rgflow_core.files import check_outputs
+    from rgflow_core.probe import msds_targets, probe_levels
+
+    if alpha is not None:
+        check_float("alpha", alpha, 0.0, 1e12)
     name = dataset.value
-    model, _ = open_model(checkpoint, device)
-    z, y = {}, {}
+    model, _, path = open_model(checkpoint, device, allow_large)
+    check_outputs([output], [path])
+    z, targets = {}, {}
     for split in ("train", "test"):
-        images, factor = read_msds_factors(data_root, name, split, max_images, workers)
+        images, labels, factor = read_msds_images(data_root, name, split, max_images, workers)
         if len(images) < 2:
             raise DataError(f"the {split} split of {data_root / name} has fewer than 2 images")
         images = _fit_to_model(images, model, resize)
         with progress_bar(f"encoding {split}", len(images)) as advance:
             z[split], _ = encode_images(model, images, batch_size, advance)
-        y[split] = msds_targets(name, factor)
-    results = probe_levels(
-        z["train"], y["train"], z["test"], y["test"], model.level_map.cpu(), alpha, seed
-    )
+        targets[split] = msds_targets(name, labels, factor)
+    rows = []
+    level_map = model.level_map.cpu()
+    for kind in ("global", "local"):
+        results = probe_levels(
+            z["train"], targets["train"][kind], z["test"], targets["test"][kind],
+            level_map, alpha, seed,
+        )  # fmt: skip
+        target = f"{kind}: {FACTORS[name][kind]}"
+        rows += [{"target": target, **dataclasses.asdict(r)} for r in results]
+    chart = probe_chart(rows, f"{name}: test R² of a linear read-out, by RG level")
+    written = write_bytes(chart, output)
     if as_json:
         payload = {
             "dataset": name,
-            "factor": FACTORS[name],
+            "factors": FACTORS[name],
             "train_images": len(z["train"]),
             "test_images": len(z["test"]),
-            "results": [dataclasses.asdict(r) for r in results],
+            "chart": str(written),
+            "results": rows,
         }
         typer.echo(json.dumps(payload))
         return
-    table = Table(
-        title=f"linear probe of the {FACTORS[name]} of {name} "
-        f"({len(z['train'])} train / {len(z['test'])} test images)"
-    )
-    for column in ("level", "latents", "R² test", "R² train", "ridge alpha"):
+    _print_table(rows, name, len(z["train"]), len(z["test"]))
+    typer.echo(f"wrote {written}")
+
+
+def _print_table(rows: list[dict], name: str, n_train: int, n_test: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"linear probe of {name} ({n_train} train / {n_test} test images)")
+    for column in ("level", "latents", "R² global (test)", "R² local (test)", "R² global (train)"):
         table.add_column(column, justify="right")
-    for r in results:
+    by_level: dict[str, dict[str, dict]] = {}
+    for r in rows:
+        by_level.setdefault(r["level"], {})[r["target"].split(":")[0]] = r
+    for level, kinds in by_level.items():
+        g, loc = kinds["global"], kinds["local"]
         table.add_row(
-            r.level, str(r.latents), f"{r.r2_test:.3f}", f"{r.r2_train:.3f}", f"{r.alpha:.3g}"
-        )
+            level, str(g["latents"]), f"{g['r2_test']:.3f}", f"{loc['r2_test']:.3f}",
+            f"{g['r2_train']:.3f}",
+        )  # fmt: skip
     Console().print(table)

@@ -1,6 +1,4 @@
-"""A rich progress bar on stderr (stdout stays clean for --json)."""
-
-from __future__ import annotations
+"""Progress bars on stderr (stdout stays clean for --json), built in one place."""
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,17 +13,25 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+console = Console(stderr=True)
 
-@contextmanager
-def progress_bar(description: str, total: int) -> Iterator[Callable[[int], None]]:
-    """Show a bar while the block runs; yields `advance(n)`."""
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
+
+def new_bar(*extra: TextColumn, quiet: bool = False, transient: bool = True) -> Progress:
+    """A rich progress bar: description, bar, done/total, `extra` columns, times."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *extra)
+    return Progress(
+        *columns,
         TimeElapsedColumn(),
         TimeRemainingColumn(),
+        console=console,
+        disable=quiet,
+        transient=transient,
     )
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+
+
+@contextmanager
+def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    """Show a bar while the block runs; yields `advance(n)`."""
+    with new_bar() as bar:
         task = bar.add_task(description, total=total)
         yield lambda n: bar.advance(task, n)

@@ -1,96 +1,102 @@
 """`rgflow receptive-field`: where each level's latents act in the image."""
 
-from __future__ import annotations
-
 import json
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 
-from rgflow_cli.common import CheckpointOpt, DeviceOpt, SeedOpt, open_model
-from rgflow_cli.figures import heat, panel, write_png
-from rgflow_cli.progress import progress_bar
-from rgflow_cli.sample import TemperatureOpt, check_temperature
+from rgflow_cli.io import open_model, write_bytes
+from rgflow_cli.options import (
+    AllowLargeOpt,
+    CheckpointOpt,
+    DeviceOpt,
+    JsonOpt,
+    SeedOpt,
+    TemperatureOpt,
+    ZoomOpt,
+)
 from rgflow_core.errors import UsageError
-from rgflow_core.explore import check_level, receptive_field, representative_positions, rf_extent
 
 
 def parse_levels(text: str, levels: int) -> list[int]:
     """'all' or 'h,h,...' -> sorted distinct levels, each checked against the model."""
+    from rgflow_core.geometry import check_level
+
     if text.strip() == "all":
         return list(range(levels))
     try:
         chosen = sorted({int(part) for part in text.split(",") if part.strip()})
     except ValueError:
-        raise UsageError(f"--levels must be 'all' or levels like 0,2; got {text!r}") from None
+        raise UsageError(f"must be 'all' or levels like 0,2; got {text!r}", "levels") from None
     if not chosen:
-        raise UsageError("--levels is empty; give 'all' or levels like 0,2")
-    for h in chosen:
-        if not 0 <= h < levels:
-            raise UsageError(f"level {h} is out of range: this model has levels 0..{levels - 1}")
-    return chosen
+        raise UsageError("is empty; give 'all' or levels like 0,2", "levels")
+    return [check_level(levels, h, "levels") for h in chosen]
 
 
-def receptive_field_command(
+def receptive_field(
     output: Annotated[Path, typer.Option("--output", "-o", help="Figure (PNG).")] = Path("rf.png"),
     samples: Annotated[
         int, typer.Option("--samples", help="Prior samples in the expectation.")
     ] = 16,
     levels: Annotated[str, typer.Option("--levels", help="'all' or levels like 0,2.")] = "all",
     per_level: Annotated[
-        int, typer.Option("--per-level", help="Latent positions shown per level.")
+        int, typer.Option("--per-level", min=1, max=64, help="Latent positions shown per level.")
     ] = 4,
     temperature: TemperatureOpt = 1.0,
     threshold: Annotated[
         float, typer.Option("--threshold", help="Extent: pixels where RF > this * max RF.")
     ] = 0.01,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print each shown latent's level, position, extent.")
-    ] = False,
-    zoom: Annotated[int, typer.Option("--zoom", help="Enlarge figure cells.")] = 4,
+    zoom: ZoomOpt = 4,
     batch_size: Annotated[int, typer.Option("--batch-size", help="JVPs per batch.")] = 64,
     checkpoint: CheckpointOpt = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
+    allow_large: AllowLargeOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Receptive fields RF_l = E_z |dG(z)/dz_l| of latents at representative positions.
 
     One figure row per level; each cell is the RF of one latent (summed over channels),
-    scaled to its own maximum.
+    scaled to its own maximum, with the latent's position marked.
     """
-    if samples < 1 or per_level < 1 or batch_size < 1 or zoom < 1:
-        raise UsageError("--samples, --per-level, --batch-size and --zoom must be >= 1")
-    if not 0 <= threshold < 1:
-        raise UsageError(f"--threshold must be in [0, 1), got {threshold}")
-    check_temperature(temperature)
-    model, dev = open_model(checkpoint, device)
+    import torch
+
+    from rgflow_cli.progress import progress_bar
+    from rgflow_core.checks import check_float, check_positive
+    from rgflow_core.figures import receptive_fields
+    from rgflow_core.files import check_outputs
+    from rgflow_core.receptive import receptive_field as fields_of
+    from rgflow_core.receptive import representative_positions, rf_extent
+
+    check_positive("temperature", temperature, 100.0)
+    check_float("threshold", threshold, 0.0, 1.0)
+    model, dev, path = open_model(checkpoint, device, allow_large)
+    check_outputs([output], [path])
     chosen = parse_levels(levels, model.config.levels)
-    rows = [
-        representative_positions(model.level_map, check_level(model, h), per_level) for h in chosen
-    ]
+    rows = [representative_positions(model.level_map, h, per_level) for h in chosen]
     positions = torch.cat(rows)
+    row_levels = [h for h, pos in zip(chosen, rows) for _ in range(len(pos))]
     generator = torch.Generator(device=dev).manual_seed(seed)
     total = samples * len(positions) * model.config.channels
     with progress_bar("receptive fields", total) as advance:
-        rf = receptive_field(model, positions, samples, temperature, generator, batch_size, advance)
-    cells, records, k = [], [], 0
-    for h, pos in zip(chosen, rows):
-        cells.append([heat(rf[k + n].float()) for n in range(len(pos))])
-        for n, (i, j) in enumerate(pos.tolist()):
-            ext = rf_extent(rf[k + n], threshold)
-            records.append(
-                {"level": h, "position": [i, j], "extent": ext.pixels, "box": [ext.rows, ext.cols]}
-            )
-        k += len(pos)
-    path = write_png(panel(cells, [f"level {h}" for h in chosen], zoom=zoom), output)
+        rf = fields_of(model, positions, samples, temperature, generator, batch_size, advance)
+    records = []
+    for h, (i, j), field in zip(row_levels, positions.tolist(), rf):
+        ext = rf_extent(field, threshold)
+        records.append(
+            {"level": h, "position": [i, j], "extent": ext.pixels, "box": [ext.rows, ext.cols]}
+        )
+    pos = [tuple(p) for p in positions.tolist()]
+    title = f"receptive fields E|dx/dz| ({samples} samples at T={temperature:g})"
+    figure = receptive_fields(rf, pos, row_levels, title, cell_inches=0.4 * zoom)
+    written = write_bytes(figure, output)
     if as_json:
-        typer.echo(json.dumps({"figure": str(path), "threshold": threshold, "latents": records}))
+        typer.echo(json.dumps({"figure": str(written), "threshold": threshold, "latents": records}))
         return
     for r in records:
         typer.echo(
             f"level {r['level']}  latent ({r['position'][0]:2d},{r['position'][1]:2d})  "
             f"extent {r['extent']:5d} px  box {r['box'][0]}x{r['box'][1]}"
         )
-    typer.echo(f"wrote {path}")
+    typer.echo(f"wrote {written}")

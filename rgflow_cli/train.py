@@ -1,55 +1,47 @@
-"""`rgflow train` and `rgflow eval`: the CLI over rgflow_core.train."""
-
-from __future__ import annotations
+"""`rgflow train` and `rgflow eval`: the CLI over rgflow_core.train and rgflow_core.loop."""
 
 import json
-import os
 import signal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import torch
-import torch.distributed as dist
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
+
+from rgflow_cli.io import open_model, resolve_checkpoint
+from rgflow_cli.options import (
+    AllowLargeOpt,
+    Amp,
+    AmpOpt,
+    BatchOpt,
+    CheckpointOpt,
+    Dataset,
+    DeviceOpt,
+    JsonOpt,
+    PresetOpt,
+    SetOpt,
+    Split,
 )
-
-from rgflow_cli.common import AmpOpt, CheckpointOpt, DeviceOpt, resolve_checkpoint, use_bf16
-from rgflow_core.checkpoint import load_model, read_metadata
-from rgflow_core.config import DataConfig, load_preset, parse_overrides, preset_names
-from rgflow_core.data import load_dataset
-from rgflow_core.device import resolve_device
+from rgflow_cli.progress import new_bar
 from rgflow_core.errors import UsageError
-from rgflow_core.train import Hooks, RunFolder, Trainer, evaluate
 
-console = Console(stderr=True)
+if TYPE_CHECKING:
+    import torch
+
+    from rgflow_core.config import DataConfig
 
 
-class RichHooks(Hooks):
-    """Progress bar per epoch, summary lines, and Ctrl-C turned into a clean stop."""
+class RichHooks:
+    """Progress bar per epoch, summary lines, TensorBoard (optional), and Ctrl-C turned
+    into a clean stop. Implements `rgflow_core.loop.Hooks`."""
 
-    def __init__(self, quiet: bool) -> None:
+    def __init__(self, quiet: bool, tensorboard: Any = None) -> None:
+        from rich.progress import TextColumn
+
         self.quiet = quiet
-        self.bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            disable=quiet,
-            transient=True,
-        )
+        self.bar = new_bar(TextColumn("{task.fields[info]}"), quiet=quiet)
         self.task: Any = None
         self.stop = False
+        self.tensorboard = tensorboard
 
     def message(self, text: str) -> None:
         if not self.quiet:
@@ -68,6 +60,10 @@ class RichHooks(Hooks):
     def evaluating(self, done: int, total: int) -> None:
         self.bar.update(self.task, info=f"test batch {done}/{total}")
 
+    def epoch_end(self, record: dict[str, Any], samples: "torch.Tensor | None") -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.epoch(record, samples)
+
     def stop_requested(self) -> bool:
         return self.stop
 
@@ -75,28 +71,38 @@ class RichHooks(Hooks):
         if self.stop:  # a second Ctrl-C: stop now
             raise KeyboardInterrupt
         self.stop = True
-        self.message("stopping after this step and saving a checkpoint (Ctrl-C again to abort)")
+        self.message("stopping after this step and saving the state (Ctrl-C again to abort)")
 
 
-def _init_distributed(device: str) -> tuple[torch.device, int]:
-    """Join the process group when launched by torchrun; return this rank's device and rank."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return resolve_device(device), 0
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = resolve_device(device)
-    if dev.type == "cuda":
-        dev = torch.device("cuda", local_rank)
-        torch.cuda.set_device(dev)
-    dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return dev, dist.get_rank()
+class TensorBoard:
+    """Epoch scalars and the sample grid in RUN/tb/ (needs the `tensorboard` package)."""
+
+    def __init__(self, folder: Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # torch raises ImportError when tensorboard is missing
+            raise UsageError(
+                "--tensorboard needs the tensorboard package: pip install 'rgflow[tensorboard]'"
+            ) from None
+        self.writer = SummaryWriter(str(folder))
+
+    def epoch(self, record: dict[str, Any], samples: "torch.Tensor | None") -> None:
+        images = record.get("images", record["step"])
+        for key in ("train_bpd", "test_bpd", "lr", "images_per_s", "nonfinite_steps"):
+            if isinstance(record.get(key), int | float):
+                self.writer.add_scalar(key, record[key], images)
+        if samples is not None:
+            from torchvision.utils import make_grid
+
+            self.writer.add_image("samples", make_grid(samples, nrow=8), images)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 def train(
-    preset: Annotated[
-        str,
-        typer.Option("--preset", "-p", help=f"One of {', '.join(preset_names())}, or a YAML file."),
-    ] = "quick",
+    preset: PresetOpt = "quick",
     data_root: Annotated[Path | None, typer.Option(help="Folder holding the dataset.")] = None,
     out: Annotated[Path, typer.Option(help="Parent folder of run folders.")] = Path("runs"),
     name: Annotated[str | None, typer.Option(help="Run name (default: the preset's name).")] = None,
@@ -105,26 +111,39 @@ def train(
     lr: Annotated[float | None, typer.Option(help="AdamW learning rate.")] = None,
     device: DeviceOpt = "auto",
     seed: Annotated[
-        int | None, typer.Option(help="Seed of initialisation, order and noise.")
+        int | None, typer.Option(help="Seed of initialisation, batch order and noise.")
     ] = None,
     resume: Annotated[
         bool,
         typer.Option(help="Require a run to continue (the same command also resumes without it)."),
     ] = False,
-    amp: Annotated[str | None, typer.Option(help="bf16 autocast or off.")] = None,
+    allow_changes: Annotated[
+        bool,
+        typer.Option(
+            "--allow-changes",
+            help="Resume even if settings that change the run's course differ (recorded).",
+        ),
+    ] = False,
+    amp: Annotated[Amp | None, typer.Option(help="bf16 autocast, or off.")] = None,
     compile: Annotated[
-        bool, typer.Option("--compile", help="torch.compile the couplings.")
+        bool, typer.Option("--compile", help="torch.compile the coupling passes.")
     ] = False,
     checkpointing: Annotated[
         bool, typer.Option("--checkpointing", help="Activation checkpointing: less memory.")
     ] = False,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override any preset key: key=value (value is YAML)."),
-    ] = None,
+    tensorboard: Annotated[
+        bool, typer.Option("--tensorboard", help="Also log to RUN/tb/ (rgflow[tensorboard]).")
+    ] = False,
+    set_: SetOpt = None,
+    allow_large: AllowLargeOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Train a model; the same command again continues an interrupted run."""
+    from rgflow_core import distributed
+    from rgflow_core.config import load_preset, parse_overrides
+    from rgflow_core.run import RunFolder
+    from rgflow_core.train import train as train_run
+
     overrides = parse_overrides(set_ or [])
     flags = {
         "data_root": str(data_root) if data_root is not None else None,
@@ -132,116 +151,129 @@ def train(
         "batch_size": batch_size,
         "lr": lr,
         "seed": seed,
-        "amp": amp,
+        "amp": amp.value if amp is not None else None,
         "compile": compile or None,
         "checkpointing": checkpointing or None,
     }
     overrides.update({k: v for k, v in flags.items() if v is not None})
     cfg = load_preset(preset, overrides)
-    run_dir = out / (name or cfg.name)
+    run_name = name or cfg.name
+    if Path(run_name).name != run_name or run_name in ("", ".", ".."):
+        raise UsageError(f"{run_name!r} must be a plain name, not a path", "name")
     if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file; give a folder to hold run folders")
+        raise UsageError(f"{out} is a file; give a folder to hold run folders", "out")
 
-    run_resume = True if resume else None
-    RunFolder(run_dir).check(run_resume)  # before spending minutes on the data
-    dev, rank = _init_distributed(device)
-    hooks = RichHooks(quiet or rank != 0)
+    dev = distributed.init(device)
+    rank = distributed.rank_world()[0]
     try:
-        data = _load_data(cfg, hooks, rank)
-        trainer = Trainer(cfg, data, run_dir, dev, hooks, resume=run_resume)
-        previous = signal.signal(signal.SIGINT, hooks.on_sigint)
-        try:
-            with hooks.bar:
-                record = trainer.fit()
-        finally:
-            signal.signal(signal.SIGINT, previous)
+        # the lock and the folder checks come before minutes are spent on the data
+        with RunFolder(out / run_name).open(True if resume else None, lock=rank == 0) as run:
+            board = TensorBoard(run.root / "tb") if tensorboard and rank == 0 else None
+            hooks = RichHooks(quiet or rank != 0, board)
+            with distributed.rank_zero_first():
+                data = _load_data(cfg, hooks.quiet)
+            previous = signal.signal(signal.SIGINT, hooks.on_sigint)
+            try:
+                with hooks.bar:
+                    record = train_run(
+                        cfg, data, run, dev, hooks,
+                        allow_changes=allow_changes, allow_large=allow_large,
+                    )  # fmt: skip
+            finally:
+                signal.signal(signal.SIGINT, previous)
+                if board is not None:
+                    board.close()
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        distributed.shutdown()
     if rank == 0 and record:
+        samples = run.samples(record["epoch"])
+        test = record.get("test_bpd")
         typer.echo(
-            f"done: test bpd {record['test_bpd']:.4f} after {record['epoch']} epochs; "
-            f"checkpoint {trainer.run.last}, samples {trainer.run.samples(record['epoch'])}"
+            f"done: test bpd {'n/a' if test is None else f'{test:.4f}'} after "
+            f"{record['epoch']} epochs; checkpoint {run.last}, samples {samples}"
         )
 
 
-def _load_data(cfg, hooks: RichHooks, rank: int):
-    """Rank 0 loads first (and generates MSDS if needed); the others wait, then read."""
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        disable=hooks.quiet,
-        transient=True,
-    ) as bar:
+def _load_data(cfg, quiet: bool):
+    """The preset's dataset, with a progress bar (generating MSDS if it is missing)."""
+    from rgflow_core.data import load_dataset
+
+    with new_bar(quiet=quiet) as bar:
         task = bar.add_task("loading data", total=None)
 
         def progress(what: str, done: int, total: int) -> None:
             bar.update(task, description=what, completed=done, total=total)
 
-        if dist.is_initialized() and rank != 0:
-            dist.barrier()
-        data = load_dataset(cfg.data, cfg.model, progress)
-        if dist.is_initialized() and rank == 0:
-            dist.barrier()
-    return data
+        return load_dataset(cfg.data, cfg.model, progress)
 
 
-def eval_command(
+def evaluate(
     checkpoint: CheckpointOpt = None,
     data_root: Annotated[Path | None, typer.Option(help="Folder holding the dataset.")] = None,
     dataset: Annotated[
-        str | None, typer.Option(help="Dataset (default: the one the model was trained on).")
+        Dataset | None, typer.Option(help="Dataset (default: the one the model was trained on).")
     ] = None,
-    split: Annotated[str, typer.Option(help="test or train.")] = "test",
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 256,
+    split: Annotated[Split, typer.Option(help="The split to evaluate.")] = Split.test,
+    batch_size: BatchOpt = 256,
     device: DeviceOpt = "auto",
-    amp: AmpOpt = "off",
-    as_json: Annotated[bool, typer.Option("--json", help='Print {"bpd": ...}.')] = False,
+    amp: AmpOpt = Amp.off,
+    allow_large: AllowLargeOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Bits per dimension of a checkpoint on a dataset split (fixed dequantisation seed)."""
-    if split not in ("train", "test"):
-        raise UsageError(f"--split must be train or test, got {split!r}")
-    bf16 = use_bf16(amp)
-    if batch_size < 1:
-        raise UsageError("--batch-size must be >= 1")
+    """Bits per dimension of a checkpoint on a dataset split (fixed dequantisation seed).
+
+    The data is the checkpoint's run's own (its config.yaml), or --dataset/--data-root;
+    nothing is generated or downloaded.
+    """
+    from rgflow_core.checkpoint import read_metadata
+    from rgflow_core.checks import check_int
+    from rgflow_core.data import load_dataset
+    from rgflow_core.loop import evaluate as evaluate_bpd
+
+    check_int("batch_size", batch_size, 1, 1 << 14)
     path = resolve_checkpoint(checkpoint)
     meta = read_metadata(path)
-    data_cfg = _data_config(path, meta, dataset, data_root)
-    dev = resolve_device(device)
-    model = load_model(path, device=dev)
-    data = load_dataset(data_cfg, meta["config"], splits=(split,))
-    images = data.train if split == "train" else data.test
+    data_cfg = _data_config(path, meta, dataset.value if dataset else None, data_root)
+    model, _, _ = open_model(path, device, allow_large)
+    data = load_dataset(data_cfg, meta["config"], splits=(split.value,), generate=False)
+    images = data.train if split is Split.train else data.test
     if len(images) == 0:
-        raise UsageError(f"the {split} split of {data_cfg.dataset} is empty")
-    with Progress(console=console, transient=True) as bar:
-        task = bar.add_task(f"evaluating {len(images)} {split} images", total=None)
-        bpd = evaluate(
-            model,
-            images,
-            batch_size=batch_size,
-            amp=bf16,
+        raise UsageError(f"the {split.value} split of {data_cfg.dataset} is empty", "split")
+    with new_bar() as bar:
+        task = bar.add_task(f"evaluating {len(images)} {split.value} images", total=None)
+        bpd = evaluate_bpd(
+            model, images, batch_size, amp=amp is Amp.bf16,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
-        )
+        )  # fmt: skip
+    if bpd != bpd:
+        raise UsageError(f"the bits per dimension of {path} on this data are not finite (NaN)")
     if as_json:
-        typer.echo(json.dumps({"bpd": bpd, "split": split, "images": len(images), "amp": amp}))
+        figures = {"bpd": bpd, "split": split.value, "images": len(images), "amp": amp.value}
+        typer.echo(json.dumps(figures))
     else:
-        typer.echo(f"{data_cfg.dataset} {split}: {bpd:.4f} bits/dim on {len(images)} images")
+        typer.echo(f"{data_cfg.dataset} {split.value}: {bpd:.4f} bits/dim on {len(images)} images")
 
 
-def _data_config(ckpt: Path, meta: dict, dataset: str | None, data_root: Path | None) -> DataConfig:
-    """Data settings for evaluating `ckpt`: its run's config.yaml, else the dataset's preset."""
-    run_config = ckpt.parent.parent / "config.yaml"
-    if run_config.is_file() and dataset is None:
-        data = load_preset(run_config).data
-    else:
+def _data_config(
+    ckpt: Path, meta: dict, dataset: str | None, data_root: Path | None
+) -> "DataConfig":
+    """Data settings for evaluating `ckpt`: its run's config.yaml, else the dataset's preset
+    (with --data-root, or the data folder recorded in the checkpoint)."""
+    from dataclasses import replace
+
+    from rgflow_core.config import DataConfig, load_preset, preset_names
+    from rgflow_core.run import run_data_config
+
+    data = run_data_config(ckpt) if dataset is None else None
+    if data is None:
         name = dataset or meta.get("dataset")
         if name is None:
-            raise UsageError(f"{ckpt} does not say its dataset; pass --dataset")
-        base = load_preset(name).data if name in preset_names() else DataConfig()
-        data = DataConfig(**{**base.__dict__, "dataset": name})
+            raise UsageError(f"{ckpt} does not say its dataset; pass --dataset", "dataset")
+        data = load_preset(name).data if name in preset_names() else DataConfig()
+        data = replace(data, dataset=name)
+        recorded = (meta.get("settings") or {}).get("data_root")
+        if data_root is None and dataset is None and isinstance(recorded, str):
+            data = replace(data, data_root=recorded)
     if data_root is not None:
-        data = DataConfig(**{**data.__dict__, "data_root": str(data_root)})
+        data = replace(data, data_root=str(data_root))
     return data

@@ -1,8 +1,9 @@
-"""Speed and memory figures of a model configuration (behind `rgflow bench`).
+"""Speed, memory and FLOP figures (behind `rgflow bench`), and the inpainting cost bench.
 
-FLOPs are counted analytically (2 per multiply-add of every Linear; elementwise work is
-not counted), so "fraction of matmul peak" says how close the training step comes to
-spending all its time in matrix multiplication on this machine.
+FLOPs are counted analytically from the subnet registry (2 per multiply-add of every
+Linear as the fast kernels run them; elementwise work is not counted), so "fraction of
+matmul peak" says how close the training step comes to spending all its time in matrix
+multiplication on this machine.
 """
 
 from __future__ import annotations
@@ -10,53 +11,54 @@ from __future__ import annotations
 import resource
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 
+from rgflow_core.checks import check_int
 from rgflow_core.config import ModelConfig
+from rgflow_core.coupling import SUBNETS
+from rgflow_core.device import synchronize
 from rgflow_core.flow import build_model
-from rgflow_core.preprocess import bits_per_dim, dequantize
+from rgflow_core.geometry import num_levels
+from rgflow_core.inpaint import ConeLogProb, full_log_prob
+from rgflow_core.preprocess import dequantize, image_bpd
+
+Say = Callable[[str], None]
+
+
+def _quiet(message: str) -> None:
+    pass
 
 
 def forward_flops(cfg: ModelConfig) -> int:
     """Matmul FLOPs of one forward pass of one image."""
-    D = cfg.channels * cfg.kernel_size**2
-    widths = [D] + [cfg.n_hidden] * cfg.n_mlp + [D]
-    macs_net = cfg.n_res * sum(a * b for a, b in zip(widths[:-1], widths[1:]))
-    if cfg.subnet == "rnvp":
-        # each pass reads half of the block and writes the other half: the first Linear
-        # of the first residual block and the last of the last one are half as wide
-        macs_net -= (D // 2) * widths[1] + widths[-2] * (D // 2)
-        macs_layer = 2 * 2 * macs_net  # two passes (mask, complement) x two nets (s, t)
-    else:
-        macs_layer = 2 * macs_net  # one pass x two nets
-    blocks = 0
+    block = SUBNETS[cfg.subnet]
+    features = cfg.channels * cfg.kernel_size**2
+    macs = 0
     for h, n_layers in enumerate(cfg.n_layers):
-        per_side = cfg.image_size // 2**h // cfg.kernel_size
-        blocks += 2 * n_layers * per_side**2  # disentangler + decimator
-    return 2 * macs_layer * blocks
+        blocks = (cfg.image_size // 2**h // cfg.kernel_size) ** 2
+        per_block = block.macs(features, cfg.n_hidden, cfg.n_res, cfg.n_mlp, n_layers)
+        macs += 2 * blocks * per_block  # disentangler + decimator
+    return 2 * macs
 
 
 def matmul_gflops(device: torch.device, n: int = 1024, seconds: float = 1.0) -> float:
     """Measured float32 matmul throughput of this machine (GFLOP/s)."""
     a = torch.randn(n, n, device=device)
     b = torch.randn(n, n, device=device)
-    _sync(device)
+    synchronize(device)
     a @ b
     reps, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         a @ b
         reps += 1
         if reps % 4 == 0:
-            _sync(device)
-    _sync(device)
+            synchronize(device)
+    synchronize(device)
     return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _peak_memory_gb(device: torch.device) -> float:
@@ -65,6 +67,17 @@ def _peak_memory_gb(device: torch.device) -> float:
     # ru_maxrss is in KiB on Linux, bytes on macOS
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (2**30 if sys.platform == "darwin" else 2**20)
+
+
+def _random_model(cfg: ModelConfig, device: torch.device):
+    """A model with perturbed gains, so that the timed model is not a trivial identity."""
+    torch.manual_seed(0)
+    model = build_model(cfg).to(device)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "gain" in name:
+                p.normal_(0, 0.01)
+    return model
 
 
 @dataclass
@@ -98,66 +111,58 @@ def run_bench(
     checkpointing: bool = False,
     compile: bool = False,
     amp: str = "off",
-    progress=None,
+    progress: Say = _quiet,
 ) -> BenchResult:
     """Time training steps and sampling of a randomly initialised model.
 
     Arguments:
-        progress: optional callable(message) told what is being measured.
+        progress: told what is being measured.
     """
+    check_int("batch_size", batch_size, 1, 1 << 14)
+    check_int("train_steps", train_steps, 1, 10_000)
+    check_int("sample_batches", sample_batches, 1, 10_000)
     device = torch.device(device)
-    say = progress or (lambda message: None)
-    torch.manual_seed(0)
-    model = build_model(cfg).to(device)
+    model = _random_model(cfg, device)
     model.checkpointing = checkpointing
+    model.kernel = "compiled" if compile else "fast"
     params = sum(p.numel() for p in model.parameters())
-    # perturb the zero gains so that the timed model is not a trivial identity
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "gain" in name:
-                p.normal_(0, 0.01)
     # the fused (single-kernel) AdamW: a per-parameter loop costs as much as the step itself
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=5e-2, fused=True)
-    model.compile_blocks(compile)
     shape = (batch_size, cfg.channels, cfg.image_size, cfg.image_size)
     images = torch.randint(0, 256, shape, dtype=torch.uint8, device=device)
 
     def step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
-            y, ladj_pre = model.preprocess(dequantize(images))
-            z, ladj = model(y)
-            logp = model.prior.log_prob(z.float()) + ladj.float() + ladj_pre
-        loss = bits_per_dim(logp, cfg.dims).mean()
+        loss = image_bpd(model, dequantize(images), amp=amp == "bf16").mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
 
-    say("training step (warm-up)")
+    progress("training step (warm-up)")
     step()
-    _sync(device)
+    synchronize(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    say(f"training steps x{train_steps}")
+    progress(f"training steps x{train_steps}")
     start = time.perf_counter()
     for _ in range(train_steps):
         step()
-    _sync(device)
+    synchronize(device)
     train_ips = train_steps * batch_size / (time.perf_counter() - start)
     peak = _peak_memory_gb(device)
 
-    say("sampling")
+    progress("sampling")
     model.eval()
     with torch.no_grad():
         model.decode(model.sample_latents(batch_size))  # warm-up
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         for _ in range(sample_batches):
             model.decode(model.sample_latents(batch_size))
-        _sync(device)
+        synchronize(device)
     sample_ips = sample_batches * batch_size / (time.perf_counter() - start)
 
-    say("matmul peak")
+    progress("matmul peak")
     peak_gflops = matmul_gflops(device)
     flops = forward_flops(cfg)
     return BenchResult(
@@ -177,3 +182,106 @@ def run_bench(
         compile=compile,
         amp=amp,
     )
+
+
+# --- inpainting: cost against image size ------------------------------------------------------
+
+
+def extend_config(cfg: ModelConfig, image_size: int) -> ModelConfig:
+    """`cfg`'s architecture at another image size; extra (coarser) levels copy the top one."""
+    H = num_levels(image_size, cfg.kernel_size)
+    n_layers = tuple(cfg.n_layers[:H]) + (cfg.n_layers[-1],) * max(0, H - cfg.levels)
+    return replace(cfg, image_size=image_size, n_layers=n_layers)
+
+
+@dataclass
+class InpaintBenchRow:
+    """One image size of `rgflow bench --inpaint`."""
+
+    image_size: int
+    levels: int
+    cone_blocks: int
+    full_blocks: int
+    cone_ms_per_step: float
+    full_ms_per_step: float
+
+
+def _ascent_step(objective: Callable[[torch.Tensor], torch.Tensor], param: torch.Tensor):
+    """One Adam step up `objective(param)` (summed over the batch), as a closure."""
+    opt = torch.optim.Adam([param], lr=1e-3)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        (-objective(param).sum()).backward()
+        opt.step()
+
+    return step
+
+
+def _time(fn: Callable[[], None], device: torch.device, budget_s: float, max_reps: int) -> float:
+    """Median seconds per call of `fn` after one warm-up call, over about `budget_s` seconds.
+
+    The median, not the mean, so that a busy shared machine's stalls do not count.
+    """
+    fn()
+    synchronize(device)
+    times: list[float] = []
+    begin = time.perf_counter()
+    while len(times) < max_reps and (not times or time.perf_counter() - begin < budget_s):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def bench_inpaint(
+    cfg: ModelConfig,
+    sizes: list[int],
+    hole: int = 8,
+    *,
+    device: torch.device | str = "cpu",
+    budget_s: float = 1.0,
+    max_reps: int = 50,
+    full: bool = True,
+    progress: Say = _quiet,
+) -> list[InpaintBenchRow]:
+    """Time one inpainting step (forward + backward + Adam) on the cone vs the whole image.
+
+    For each size L, `cfg`'s architecture extended to L (see `extend_config`) is built
+    with random, perturbed gains, and a centred `hole` x `hole` square is filled.
+    """
+    device = torch.device(device)
+    rows = []
+    for L in sizes:
+        check_int("sizes", L, cfg.kernel_size, 1024)
+        check_int("hole", hole, 1, L)
+        sub = extend_config(cfg, L)
+        model = _random_model(sub, device).eval().requires_grad_(False)
+        mask = torch.zeros(L, L, dtype=torch.bool)
+        a = L // 2 - hole // 2
+        mask[a : a + hole, a : a + hole] = True
+        image = torch.randint(0, 256, (sub.channels, L, L), dtype=torch.uint8)
+        y, _ = model.preprocess(dequantize(image.to(device), noise=False))
+        progress(f"L={L}: caching the known image")
+        cone = ConeLogProb(model, y, mask)
+        v = y.flatten(1)[:, cone.hole].unsqueeze(0).clone().requires_grad_(True)
+        progress(f"L={L}: cone steps")
+        cone_s = _time(_ascent_step(cone, v), device, budget_s, max_reps)
+        full_s = float("nan")
+        if full:
+            y_full = y.unsqueeze(0).clone().requires_grad_(True)
+            progress(f"L={L}: full-image steps")
+            step = _ascent_step(partial(full_log_prob, model), y_full)
+            full_s = _time(step, device, budget_s, max_reps)
+        rows.append(
+            InpaintBenchRow(
+                image_size=L,
+                levels=sub.levels,
+                cone_blocks=cone.stats.cone_blocks,
+                full_blocks=cone.stats.full_blocks,
+                cone_ms_per_step=1e3 * cone_s,
+                full_ms_per_step=1e3 * full_s,
+            )
+        )
+    return rows

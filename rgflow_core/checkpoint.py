@@ -2,59 +2,30 @@
 
 A model checkpoint is one safetensors file: the weights, plus metadata holding the model
 config as JSON (so the file alone rebuilds the model) and any extra facts the caller
-passes (epoch, step, test bpd, ...), each JSON-encoded. Training state (optimizer, RNG,
-counters) lives beside it in a torch file that loads with `weights_only=True`, so no
-arbitrary object is ever unpickled. Every write is atomic: temp file, fsync, rename.
+passes (epoch, step, test bpd, provenance, ...), each JSON-encoded. Loading is strict
+and careful with files it did not write: the header is read first, the config is checked
+and the model's size estimated before anything is allocated, and every tensor's name,
+shape and dtype must be those the config implies before its data is read.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
-import tempfile
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 from torch import nn
 
 from rgflow_core.config import ModelConfig
-from rgflow_core.errors import CheckpointError, ConfigError
-from rgflow_core.flow import RGFlow, build_model
+from rgflow_core.errors import CheckpointError, ConfigError, RGFlowError
+from rgflow_core.files import atomic_write_bytes
+from rgflow_core.flow import RGFlow, build_model, check_memory, model_shapes
 
 FORMAT = "rgflow-checkpoint/1"
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the whole new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -68,104 +39,146 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def save_model(model: nn.Module, path: str | Path, **metadata: Any) -> None:
-    """Save weights and config (plus JSON-serialisable `metadata`) to a safetensors file."""
+def save_model(model: nn.Module, path: str | Path, **metadata: Any) -> Path:
+    """Save weights and config (plus JSON-serialisable `metadata`) to a safetensors file.
+
+    The write is atomic; non-finite numbers in `metadata` are stored as null.
+    """
     model = unwrap(model)
     if not isinstance(model, RGFlow):
         raise TypeError(f"save_model expects an RGFlow, got {type(model).__name__}")
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    meta = {"format": FORMAT, "config": json.dumps(dataclasses.asdict(model.config))}
-    meta.update({k: json.dumps(v) for k, v in metadata.items()})
-    atomic_write_bytes(path, st_save(tensors, metadata=meta))
+    meta = {"format": FORMAT, "config": json.dumps(model.config.to_dict())}
+    meta.update({k: strict_json(v) for k, v in metadata.items()})
+    return atomic_write_bytes(path, st_save(tensors, metadata=meta))
+
+
+def strict_json(value: Any, **kwargs: Any) -> str:
+    """JSON text that strict readers accept: NaN and infinities become null."""
+    return json.dumps(_finite(value), allow_nan=False, **kwargs)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+class SafetensorsFile:
+    """An open safetensors file: its metadata and tensor shapes, read from the header only.
+
+    Use as a context manager; `tensor(name)` then reads one tensor's data.
+    """
+
+    def __init__(
+        self, path: str | Path, what: str = "checkpoint", error: type[RGFlowError] = CheckpointError
+    ) -> None:
+        self.path = Path(path)
+        self.error = error
+        _check_is_file(self.path, what, error)
+        try:
+            self._file = safe_open(str(self.path), framework="pt", device="cpu")
+            self.metadata: dict[str, str] = self._file.metadata() or {}
+            names = list(self._file.keys())
+            self.shapes = {k: tuple(self._file.get_slice(k).get_shape()) for k in names}
+            self.dtypes = {k: self._file.get_slice(k).get_dtype() for k in names}
+        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            raise error(
+                f"{self.path} is not a readable safetensors file (corrupt or truncated?)"
+            ) from err
+
+    def tensor(self, name: str) -> torch.Tensor:
+        try:
+            return self._file.get_tensor(name)
+        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            raise self.error(f"{self.path}: cannot read tensor {name!r} ({err})") from err
+
+    def __enter__(self) -> SafetensorsFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._file = None  # releases the memory map
+
+
+def _check_is_file(path: Path, what: str, error: type[RGFlowError]) -> None:
+    try:
+        if path.is_dir():
+            raise error(f"{what} {path} is a folder, not a file")
+        if not path.is_file():
+            raise error(f"{what} {path} does not exist")
+    except OSError as err:  # a symlink loop, a name too long, ...
+        raise error(f"{what} {path} cannot be opened: {err.strerror or err}") from err
 
 
 def read_safetensors(
-    path: str | Path, what: str = "checkpoint", error: type[Exception] = CheckpointError
+    path: str | Path, what: str = "checkpoint", error: type[RGFlowError] = CheckpointError
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and string metadata of a safetensors file; `error` says what is wrong."""
-    path = Path(path)
-    if not path.is_file():
-        raise error(f"{what} {path} does not exist")
-    data = path.read_bytes()
-    try:
-        tensors = st_load(data)
-        header_len = int.from_bytes(data[:8], "little")
-        meta = json.loads(data[8 : 8 + header_len]).get("__metadata__") or {}
-    except (SafetensorError, ValueError, UnicodeDecodeError) as err:
-        raise error(f"{path} is not a readable safetensors file (corrupt or truncated?)") from err
-    return tensors, meta
+    """All tensors and the string metadata of a safetensors file; `error` says what is wrong."""
+    with SafetensorsFile(path, what, error) as f:
+        return {k: f.tensor(k) for k in f.shapes}, f.metadata
 
 
-def _read(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    tensors, meta = read_safetensors(path)
+def _rgflow_metadata(f: SafetensorsFile) -> dict[str, Any]:
+    meta = f.metadata
     if meta.get("format") != FORMAT or "config" not in meta:
         raise CheckpointError(
-            f"{path} is a safetensors file but not an rgflow checkpoint (no model config in it)"
+            f"{f.path} is a safetensors file but not an rgflow checkpoint (no model config in it)"
         )
-    return tensors, meta
-
-
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The checkpoint's metadata, JSON-decoded; `config` is a `ModelConfig`."""
-    _, meta = _read(path)
-    return _decode_meta(path, meta)
-
-
-def _decode_meta(path: str | Path, meta: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in meta.items():
         if key == "format":
             continue
         try:
             out[key] = json.loads(value)
-        except json.JSONDecodeError as err:
-            raise CheckpointError(f"{path} has unreadable metadata {key!r}") from err
+        except (json.JSONDecodeError, RecursionError) as err:
+            raise CheckpointError(f"{f.path} has unreadable metadata {key!r}") from err
     try:
+        if not isinstance(out["config"], dict):
+            raise ConfigError("the config is not a mapping")
         out["config"] = ModelConfig(**out["config"])
     except (TypeError, ConfigError) as err:
-        raise CheckpointError(f"{path} holds an invalid model config: {err}") from err
+        raise CheckpointError(f"{f.path} holds an invalid model config: {err}") from err
     return out
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> RGFlow:
-    """Rebuild the model from a checkpoint and load its weights strictly."""
-    tensors, meta = _read(path)
-    cfg = _decode_meta(path, meta)["config"]
-    model = build_model(cfg)
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: weights do not match the config stored with them") from err
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's metadata, JSON-decoded; `config` is a `ModelConfig`."""
+    with SafetensorsFile(path) as f:
+        return _rgflow_metadata(f)
+
+
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu", *, allow_large: bool = False
+) -> RGFlow:
+    """Rebuild the model from a checkpoint and load its weights strictly.
+
+    Raises:
+        CheckpointError: the file is missing, corrupt, not an rgflow checkpoint, or its
+            tensors do not match its config.
+        UsageError: the model would not fit in memory (unless `allow_large`).
+    """
+    with SafetensorsFile(path) as f:
+        cfg = _rgflow_metadata(f)["config"]
+        check_memory(cfg, device, allow_large=allow_large)
+        expected = model_shapes(cfg)
+        found = {k: (shape, f.dtypes[k]) for k, shape in f.shapes.items()}
+        if found != expected:
+            raise CheckpointError(f"{path}: {_shape_mismatch(expected, found)}")
+        model = build_model(cfg)
+        state = {k: f.tensor(k) for k in expected}
+    model.load_state_dict(state, strict=True)
     return model.to(device)
 
 
-def save_state(state: dict[str, Any], path: str | Path) -> None:
-    """Atomically save training state (tensors, numbers, strings, lists, dicts only)."""
-    import io
-
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def load_state(path: str | Path) -> dict[str, Any]:
-    """Load training state written by `save_state`, without unpickling arbitrary objects."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"training state {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for corrupt or foreign files
-        raise CheckpointError(f"{path} is not a readable rgflow training state") from err
-
-
-def find_latest_checkpoint(runs_dir: str | Path = "runs") -> Path:
-    """The newest `last.safetensors` of any run under `runs_dir` (by modification time)."""
-    runs_dir = Path(runs_dir)
-    found = [p for p in runs_dir.glob("*/checkpoints/last.safetensors") if p.is_file()]
-    if not found:
-        raise CheckpointError(
-            f"no checkpoint given and none found under {runs_dir}/*/checkpoints/; "
-            "train one with `rgflow train` or pass -c/--checkpoint"
-        )
-    return max(found, key=lambda p: p.stat().st_mtime)
+def _shape_mismatch(expected: dict, found: dict) -> str:
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    if missing or extra:
+        names = ", ".join((missing + extra)[:3])
+        return f"the weights do not match the config stored with them ({names} ...)"
+    key = next(k for k in expected if expected[k] != found[k])
+    return f"tensor {key} is {found[key]}, the config implies {expected[key]}"

@@ -1,18 +1,25 @@
 """Configuration: frozen dataclasses and the preset loader.
 
-A preset is one flat YAML mapping (see presets/*.yaml); each key belongs to exactly one of
-`ModelConfig` (what the checkpoint needs to rebuild the network), `DataConfig` (where
-the images come from) and `TrainConfig` (how to optimise). `load_preset` rejects unknown
-keys (naming the closest valid one) and values of the wrong type (naming the key).
+A preset is one flat YAML mapping (the shipped ones are `rgflow_core/presets/*.yaml`);
+each key belongs to exactly one of `ModelConfig` (what the checkpoint needs to rebuild the
+network), `DataConfig` (where the images come from) and `TrainConfig` (how to optimise).
+Every config checks its own values when it is made, whether from a preset, an override,
+a checkpoint's metadata or Python: a wrong type or an out-of-range value is a
+`ConfigError` that names the key, and an unknown key names the closest valid one.
+
+This module imports neither torch nor the model, so that listing presets is instant.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +27,14 @@ import yaml
 
 from rgflow_core.errors import ConfigError
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
+# Sizes beyond these are refused outright: no machine trains them, and a crafted file that
+# asks for them must not be able to make the tool allocate all memory.
+MAX_IMAGE_SIZE = 4096
+MAX_KERNEL_SIZE = 64
+MAX_WIDTH = 16384  # n_hidden
+MAX_DEPTH = 256  # n_res, n_mlp, and each entry of n_layers
+MAX_PRESET_BYTES = 1 << 20
+DATASETS = ("msds1", "msds2", "mnist32", "cifar10", "celeba32", "chair600", "folder")
 
 
 @dataclass(frozen=True)
@@ -30,31 +44,34 @@ class ModelConfig:
     image_size: int = 32  # L, edge of the (square) images
     channels: int = 3  # C: 1 (grey) or 3 (RGB)
     kernel_size: int = 4  # K, edge of the blocks; L = K * 2**(H-1)
-    prior: str = "laplace"  # "laplace" (sparse, default) or "gaussian"
-    subnet: str = "rnvp"  # block bijector: "rnvp" (checkerboard coupling) or "ar"
+    prior: str = "laplace"  # a name in rgflow_core.priors.PRIORS: "laplace" (sparse) or "gaussian"
+    subnet: str = "rnvp"  # a name in rgflow_core.coupling.SUBNETS: "rnvp" or "ar"
     n_layers: tuple[int, ...] = (4, 4, 4, 4)  # coupling layers per sub-layer, one per level
     n_res: int = 4  # residual blocks per conditioner MLP
     n_mlp: int = 2  # hidden layers per residual block
     n_hidden: int = 512  # width of the hidden layers
 
     def __post_init__(self) -> None:
+        _check_types(self)
+        from rgflow_core.coupling import SUBNETS  # the registries import torch: only here
         from rgflow_core.geometry import num_levels
+        from rgflow_core.priors import PRIORS
 
-        object.__setattr__(self, "n_layers", tuple(self.n_layers))
-        for key in ("image_size", "kernel_size", "n_res", "n_mlp", "n_hidden"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        _in_range("image_size", self.image_size, 2, MAX_IMAGE_SIZE)
+        _in_range("kernel_size", self.kernel_size, 2, MAX_KERNEL_SIZE)
+        _in_range("n_res", self.n_res, 1, MAX_DEPTH)
+        _in_range("n_mlp", self.n_mlp, 1, MAX_DEPTH)
+        _in_range("n_hidden", self.n_hidden, 1, MAX_WIDTH)
         if self.channels not in (1, 3):
             raise ConfigError(f"channels must be 1 or 3, got {self.channels}")
-        if self.prior not in ("laplace", "gaussian"):
-            raise ConfigError(f"prior must be 'laplace' or 'gaussian', got {self.prior!r}")
-        if self.subnet not in ("rnvp", "ar"):
-            raise ConfigError(f"subnet must be 'rnvp' or 'ar', got {self.subnet!r}")
+        _one_of("prior", self.prior, PRIORS)
+        _one_of("subnet", self.subnet, SUBNETS)
         H = num_levels(self.image_size, self.kernel_size)
-        if len(self.n_layers) != H or min(self.n_layers) < 1:
+        if len(self.n_layers) != H or not all(1 <= n <= MAX_DEPTH for n in self.n_layers):
             raise ConfigError(
-                f"n_layers needs one positive entry per RG level: image_size={self.image_size} "
-                f"and kernel_size={self.kernel_size} give {H} levels, got {list(self.n_layers)}"
+                f"n_layers needs one entry in 1..{MAX_DEPTH} per RG level: image_size="
+                f"{self.image_size} and kernel_size={self.kernel_size} give {H} levels, got "
+                f"{list(self.n_layers)}"
             )
 
     @property
@@ -66,6 +83,10 @@ class ModelConfig:
     def dims(self) -> int:
         """D = C * L * L, the number of dimensions of an image."""
         return self.channels * self.image_size**2
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML types (lists for tuples), as checkpoints and run states store it."""
+        return _plain(self)
 
 
 @dataclass(frozen=True)
@@ -81,6 +102,15 @@ class DataConfig:
     split_seed: int = 0  # seed of the train/test split of folders without one
     test_fraction: float = 0.1  # share of a split-less folder held out for testing
 
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _one_of("dataset", self.dataset, DATASETS)
+        _in_range("center_crop", self.center_crop, 0, 1 << 16)
+        _in_range("train_size", self.train_size, 1, 10_000_000)
+        _in_range("test_size", self.test_size, 0, 10_000_000)
+        _in_range("split_seed", self.split_seed, 0, 2**63 - 1)
+        _in_range("test_fraction", self.test_fraction, 0.0, 0.9)
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -93,8 +123,8 @@ class TrainConfig:
     weight_decay: float = 5e-5  # AdamW decoupled weight decay (the paper's code uses 5e-5)
     grad_clip: float = 1.0  # max global gradient norm (0: no clipping)
     seed: int = 0
-    amp: str = "off"  # "bf16" (autocast on CUDA) or "off"
-    compile: bool = False  # torch.compile the model
+    amp: str = "off"  # "bf16" (autocast) or "off"
+    compile: bool = False  # run the coupling passes through torch.compile
     checkpointing: bool = False  # activation checkpointing: less memory, ~30% slower
     keep_checkpoints: int = 3  # epoch checkpoints kept besides last (0: keep all)
     sample_temperature: float = 0.8  # temperature of the per-epoch sample grid
@@ -103,14 +133,20 @@ class TrainConfig:
     save_minutes: float = 10.0  # also save a resumable checkpoint this often within an epoch
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError("epochs and batch_size must be >= 1")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise ConfigError(f"lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
-        if self.amp not in ("bf16", "off"):
-            raise ConfigError(f"amp must be bf16 or off, got {self.amp!r}")
+        _check_types(self)
+        _in_range("epochs", self.epochs, 1, 100_000)
+        _in_range("batch_size", self.batch_size, 1, 1 << 16)
+        _in_range("lr", self.lr, 0.0, 1e3, lo_open=True)
+        _one_of("lr_schedule", self.lr_schedule, ("constant", "cosine"))
+        _in_range("weight_decay", self.weight_decay, 0.0, 1e3)
+        _in_range("grad_clip", self.grad_clip, 0.0, 1e9)
+        _in_range("seed", self.seed, 0, 2**63 - 1)
+        _one_of("amp", self.amp, ("bf16", "off"))
+        _in_range("keep_checkpoints", self.keep_checkpoints, 0, 1_000_000)
+        _in_range("sample_temperature", self.sample_temperature, 0.0, 100.0, lo_open=True)
+        _in_range("max_nonfinite", self.max_nonfinite, 1, 1_000_000)
+        _in_range("eval_batches", self.eval_batches, 0, 1 << 30)
+        _in_range("save_minutes", self.save_minutes, 0.0, 1e6, lo_open=True)
 
 
 @dataclass(frozen=True)
@@ -124,21 +160,124 @@ class Preset:
 
     def to_flat(self) -> dict[str, Any]:
         """The flat key -> value mapping a preset YAML holds (lists for tuples)."""
-        flat: dict[str, Any] = {}
-        for part in (self.model, self.data, self.train):
-            for f in dataclasses.fields(part):
-                value = getattr(part, f.name)
-                flat[f.name] = list(value) if isinstance(value, tuple) else value
-        return flat
+        return {**_plain(self.model), **_plain(self.data), **_plain(self.train)}
+
+    def to_yaml(self) -> str:
+        """The resolved preset as YAML text, as a run folder's config.yaml holds it."""
+        header = f"# resolved preset {self.name!r}\n"
+        return header + yaml.safe_dump(self.to_flat(), sort_keys=False)
 
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 _KEYS = {f.name: sec for sec, cls in _SECTIONS.items() for f in dataclasses.fields(cls)}
 
 
+# --- presets ---------------------------------------------------------------------------
+
+
+def _preset_dir():
+    return resources.files("rgflow_core").joinpath("presets")
+
+
 def preset_names() -> list[str]:
-    """Names of the presets shipped in presets/."""
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    """Names of the presets shipped inside the package."""
+    return sorted(
+        p.name[: -len(".yaml")] for p in _preset_dir().iterdir() if p.name.endswith(".yaml")
+    )
+
+
+def preset_from_dict(values: dict[str, Any], name: str = "custom") -> Preset:
+    """Build a `Preset` from a flat mapping, validating every key and value."""
+    parts: dict[str, dict[str, Any]] = {sec: {} for sec in _SECTIONS}
+    for key, value in values.items():
+        if key not in _KEYS:
+            raise ConfigError(f"unknown preset key {key!r}{_closest_hint(str(key))}")
+        parts[_KEYS[key]][key] = value
+    return Preset(
+        name=name,
+        model=ModelConfig(**parts["model"]),
+        data=DataConfig(**parts["data"]),
+        train=TrainConfig(**parts["train"]),
+    )
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Parse `key=value` strings; each value is YAML (`n_layers=[2,2,2,2]`, `flip=true`)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} must look like key=value")
+        out[key.strip()] = _safe_yaml(raw, f"the value of override {item!r}")
+    return out
+
+
+def load_preset(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Preset:
+    """Load a shipped preset by name, or a YAML file by path, then apply overrides.
+
+    Raises:
+        ConfigError: unknown preset, unreadable or invalid YAML, unknown key, bad value.
+    """
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists() or "/" in str(name_or_path):
+        name = path.stem
+        text = _read_file(path)
+    else:
+        name = str(name_or_path)
+        resource = _preset_dir().joinpath(f"{name}.yaml")
+        if not resource.is_file():
+            close = difflib.get_close_matches(name, preset_names(), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"unknown preset {name!r}{hint}; choose one of {', '.join(preset_names())} "
+                "or give a YAML file"
+            )
+        text = resource.read_text(encoding="utf-8")
+    values = _safe_yaml(text, str(path)) if text.strip() else {}
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} must hold a mapping of preset keys to values")
+    values.update(overrides or {})
+    return preset_from_dict(values, name=name)
+
+
+def _read_file(path: Path) -> str:
+    if path.is_dir():
+        raise ConfigError(f"preset file {path} is a folder, not a YAML file")
+    try:
+        if path.stat().st_size > MAX_PRESET_BYTES:
+            raise ConfigError(f"preset file {path} is larger than 1 MiB; a preset is a few lines")
+        return path.read_bytes().decode("utf-8")
+    except FileNotFoundError as err:
+        raise ConfigError(f"preset file {path} does not exist") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"preset file {path} is not UTF-8 text") from err
+    except OSError as err:
+        raise ConfigError(f"cannot read preset file {path}: {err.strerror or err}") from err
+
+
+def _safe_yaml(text: str, what: str) -> Any:
+    """YAML text -> Python values, any failure (even a nesting too deep) a ConfigError."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{what} is not valid YAML{where}") from err
+    except RecursionError as err:
+        raise ConfigError(f"{what} is nested too deeply to be a preset") from err
+
+
+# --- value checks ------------------------------------------------------------------------
+
+
+def _check_types(config: Any) -> None:
+    """Coerce and check every field of a config dataclass against its type hint."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value = _check_type(f.name, getattr(config, f.name), hints[f.name])
+        object.__setattr__(config, f.name, value)
 
 
 def _check_type(key: str, value: Any, hint: Any) -> Any:
@@ -150,24 +289,46 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
         hint = next(a for a in args if a is not type(None))
         origin = typing.get_origin(hint)
     if origin is tuple:
-        if not isinstance(value, list | tuple) or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in value
-        ):
-            raise ConfigError(f"{key} must be a list of integers, got {value!r}")
+        if not isinstance(value, list | tuple) or not all(_is_int(v) for v in value):
+            raise ConfigError(f"{key} must be a list of integers, got {_short(value)}")
         return tuple(value)
-    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):
-        # YAML 1.1 reads exponents without a dot ("3e-4") as strings
-        try:
+    if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads exponents without a dot ("3e-4") as str
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        if _is_number(value):
+            if not math.isfinite(value):
+                raise ConfigError(f"{key} must be a finite number, got {value}")
             return float(value)
-        except ValueError:
-            pass
-    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+    if hint is int and _is_int(value):
         return value
     if hint in (str, bool) and isinstance(value, hint):
         return value
-    raise ConfigError(f"{key} must be of type {hint.__name__}, got {value!r}")
+    raise ConfigError(f"{key} must be of type {hint.__name__}, got {_short(value)}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _in_range(key: str, value: float, lo: float, hi: float, lo_open: bool = False) -> None:
+    if (value <= lo if lo_open else value < lo) or value > hi:
+        bound = f"> {lo:g}" if lo_open else f">= {lo:g}"
+        raise ConfigError(f"{key} must be {bound} and <= {hi:g}, got {value}")
+
+
+def _one_of(key: str, value: str, names: Any) -> None:
+    if value not in names:
+        raise ConfigError(f"{key} must be one of {', '.join(names)}, got {value!r}")
 
 
 def _closest_hint(key: str) -> str:
@@ -175,74 +336,8 @@ def _closest_hint(key: str) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def preset_from_dict(values: dict[str, Any], name: str = "custom") -> Preset:
-    """Build a `Preset` from a flat mapping, validating every key and type."""
-    parts: dict[str, dict[str, Any]] = {sec: {} for sec in _SECTIONS}
-    for key, value in values.items():
-        if key not in _KEYS:
-            raise ConfigError(f"unknown preset key {key!r}{_closest_hint(str(key))}")
-        sec = _KEYS[key]
-        hint = typing.get_type_hints(_SECTIONS[sec])[key]
-        parts[sec][key] = _check_type(key, value, hint)
-    return Preset(
-        name=name,
-        model=ModelConfig(**parts["model"]),
-        data=DataConfig(**parts["data"]),
-        train=TrainConfig(**parts["train"]),
-    )
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        values = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path} is not valid YAML{where}") from err
-    except OSError as err:
-        raise ConfigError(f"cannot read preset file {path}: {err.strerror}") from err
-    if values is None:
-        return {}
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path} must hold a mapping of preset keys to values")
-    return values
-
-
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """Parse `key=value` strings; each value is YAML (`n_layers=[2,2,2,2]`, `flip=true`)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"override {item!r} must look like key=value")
-        try:
-            out[key.strip()] = yaml.safe_load(raw)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"value of override {item!r} is not valid YAML") from err
-    return out
-
-
-def load_preset(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Preset:
-    """Load a shipped preset by name, or a YAML file by path, then apply overrides.
-
-    Raises:
-        ConfigError: unknown preset, unreadable or invalid YAML, unknown key, wrong type.
-    """
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        name = path.stem
-        if not path.is_file():
-            raise ConfigError(f"preset file {path} does not exist")
-    else:
-        name = str(name_or_path)
-        path = PRESET_DIR / f"{name}.yaml"
-        if not path.is_file():
-            close = difflib.get_close_matches(name, preset_names(), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(
-                f"unknown preset {name!r}{hint}; choose one of {', '.join(preset_names())} "
-                "or give a YAML file"
-            )
-    values = _read_yaml(path)
-    values.update(overrides or {})
-    return preset_from_dict(values, name=name)
+def _plain(config: Any) -> dict[str, Any]:
+    return {
+        f.name: list(v) if isinstance(v := getattr(config, f.name), tuple) else v
+        for f in dataclasses.fields(config)
+    }

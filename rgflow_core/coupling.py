@@ -11,11 +11,12 @@ shape (N,) in nats, and share their weights across all rows (all blocks of a sub
   alternating variable order; forward is one pass, the inverse is exact and sequential.
 
 The gains a, b start at zero, so every block bijector is the identity at initialisation.
+The code below is the plain reference; each layer's `kernel` attribute ("fast" by default)
+runs the same maths through `rgflow_core.kernels` instead.
 
-Training speed: a coupling pass in the forward direction runs as one autograd node,
-`CouplingFunction`, whose backward pass is written out by hand (see `rgflow_core.nets`);
-the inverse direction, autocast and `torch.compile` use the plain differentiable
-`coupling_pass`.
+`SUBNETS` is the registry of block bijectors: the config accepts its names, the model is
+built from it, and the benchmark counts FLOPs with each class's `macs`. A new subnet is a
+class with the constructor and `macs` of these two, added to `SUBNETS`.
 
 References: Dinh et al., "Density estimation using Real NVP", arXiv:1605.08803;
 Germain et al., "MADE", arXiv:1502.03509; Hu et al., "RG-Flow", arXiv:2010.00029.
@@ -23,48 +24,27 @@ Germain et al., "MADE", arXiv:1502.03509; Hu et al., "RG-Flow", arXiv:2010.00029
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-from rgflow_core.nets import (
-    LinearWeights,
-    MLPSpec,
-    ResidualMLP,
-    residual_mlp,
-    residual_mlp_backward,
-    restrict,
-)
+from rgflow_core.kernels import CouplingPasses, FastMLP, PermuteFeatures
+from rgflow_core.nets import ResidualMLP
 
 
 def checkerboard_order(channels: int, kernel_size: int) -> Tensor:
     """Permutation of the C*K*K block features putting the checkerboard A = {(i+j) even} first."""
     K = kernel_size
-    ij = torch.arange(K)
+    ij = torch.arange(K, device="cpu")  # also when models are built on the meta device
     black = ((ij.view(K, 1) + ij.view(1, K)) % 2 == 0).expand(channels, K, K).flatten()
     return torch.cat([black.nonzero().flatten(), (~black).nonzero().flatten()])
 
 
-class PermuteFeatures(torch.autograd.Function):
-    """x[:, order] for a permutation `order` with inverse `unorder`.
-
-    Both directions are gathers (`index_select`), much faster on CPU than advanced
-    indexing and its scatter-add backward.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, order: Tensor, unorder: Tensor) -> Tensor:
-        ctx.save_for_backward(unorder)
-        return x.index_select(1, order)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        (unorder,) = ctx.saved_tensors
-        return grad.index_select(1, unorder), None, None
+def _mlp_macs(features: int, hidden: int, n_res: int, n_mlp: int) -> int:
+    """Multiply-adds of one residual MLP on one row."""
+    widths = [features] + [hidden] * n_mlp + [features]
+    return n_res * sum(a * b for a, b in zip(widths[:-1], widths[1:]))
 
 
 class CouplingLayer(nn.Module):
@@ -77,115 +57,47 @@ class CouplingLayer(nn.Module):
 
     def __init__(self, features: int, hidden: int, n_res: int, n_mlp: int) -> None:
         super().__init__()
-        self.half = features // 2
-        self.net = ResidualMLP(features, hidden, n_res, n_mlp, n_nets=2)
+        self.net = ResidualMLP(features, hidden, n_res, n_mlp, n_nets=2)  # s and t
         self.gain_s = nn.Parameter(torch.zeros(features))
         self.gain_t = nn.Parameter(torch.zeros(features))
-        self._a = slice(0, self.half)
-        self._b = slice(self.half, features)
-        self.compiled = False  # evaluate passes with the torch.compile'd kernel
+        self._a = slice(0, features // 2)
+        self._b = slice(features // 2, features)
+        self.kernel = "fast"  # "reference", "fast" or "compiled" (see rgflow_core.kernels)
 
-    def _pass(
-        self,
-        cond: Tensor,
-        move: Tensor,
-        w: list[LinearWeights],
-        src: slice,
-        dst: slice,
-        inverse: bool,
+    def reference_pass(
+        self, cond: Tensor, move: Tensor, src: slice, dst: slice, inverse: bool
     ) -> tuple[Tensor, Tensor]:
-        spec = MLPSpec(self.net.n_res, self.net.features, src, dst)
-        weights, biases, betas = restrict(
-            [x.weight for x in w], [x.bias for x in w], list(self.net.beta), spec.n_res, src, dst
-        )
-        gain = torch.stack([self.gain_s[dst], self.gain_t[dst]]).unsqueeze(1)  # (2, 1, D/2)
-        if self.compiled:
-            return _compiled_coupling_pass()(
-                cond, move, weights, biases, betas, gain, spec, inverse
-            )
-        if inverse or not torch.is_grad_enabled() or torch.is_autocast_enabled(cond.device.type):
-            return coupling_pass(cond, move, weights, biases, betas, gain, spec, inverse)
-        return CouplingFunction.apply(cond, move, gain, spec, *weights, *biases, *betas)
+        """x_dst <- x_dst * exp(s) + t (or its inverse), s and t computed from x_src.
+
+        The nets see the whole block with the features outside `src` set to zero (the
+        coupling mask) and only their outputs at `dst` are used. Returns the new `move`
+        (the features `dst`) and the log-determinant per row.
+        """
+        x = cond.new_zeros(len(cond), self.net.features)
+        x[:, src] = cond
+        st = self.net(x)[..., dst]  # (2, N, D/2)
+        s = torch.tanh(self.gain_s[dst] * st[0])
+        t = self.gain_t[dst] * st[1]
+        if inverse:
+            return (move - t) * torch.exp(-s), -s.sum(1)
+        return move * torch.exp(s) + t, s.sum(1)
+
+    def _passes(self):
+        if self.kernel == "reference":
+            return self.reference_pass
+        return CouplingPasses(self, compiled=self.kernel == "compiled")
 
     def forward(self, xa: Tensor, xb: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        w = self.net.weights()
-        xb, ladj1 = self._pass(xa, xb, w, self._a, self._b, False)
-        xa, ladj2 = self._pass(xb, xa, w, self._b, self._a, False)
+        run = self._passes()
+        xb, ladj1 = run(xa, xb, self._a, self._b, False)
+        xa, ladj2 = run(xb, xa, self._b, self._a, False)
         return xa, xb, ladj1 + ladj2
 
     def inverse(self, xa: Tensor, xb: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        w = self.net.weights()
-        xa, ladj2 = self._pass(xb, xa, w, self._b, self._a, True)
-        xb, ladj1 = self._pass(xa, xb, w, self._a, self._b, True)
+        run = self._passes()
+        xa, ladj2 = run(xb, xa, self._b, self._a, True)
+        xb, ladj1 = run(xa, xb, self._a, self._b, True)
         return xa, xb, ladj1 + ladj2
-
-
-def coupling_pass(
-    cond: Tensor,
-    move: Tensor,
-    weights: list[Tensor],
-    biases: list[Tensor],
-    betas: list[Tensor],
-    gain: Tensor,
-    spec: MLPSpec,
-    inverse: bool,
-) -> tuple[Tensor, Tensor]:
-    """One affine coupling: move <- move * exp(s(cond)) + t(cond) (or its inverse).
-
-    Arguments:
-        weights, biases, betas: parameters of the s and t nets, restricted to read the
-            features `spec.in_idx` and write `spec.out_idx` (see `restrict`).
-        gain: (2, 1, D/2), the gains a of s and b of t of the moved features.
-
-    Returns the new `move` half and the log-determinant per row (negated for the inverse).
-    """
-    st = residual_mlp(cond, weights, biases, betas, spec) * gain  # (2, N, D/2)
-    s = torch.tanh(st[0])
-    if inverse:
-        return (move - st[1]) * torch.exp(-s), -s.sum(1)
-    return torch.addcmul(st[1], move, torch.exp(s)), s.sum(1)
-
-
-class CouplingFunction(torch.autograd.Function):
-    """`coupling_pass` (forward direction) with a hand-written backward pass.
-
-    apply(cond, move, gain, spec, *weights, *biases, *betas) -> (new move, ladj).
-    """
-
-    @staticmethod
-    def forward(ctx, cond: Tensor, move: Tensor, gain: Tensor, spec: MLPSpec, *params: Tensor):
-        n = len(params) // 3
-        weights, biases, betas = params[:n], params[n : 2 * n], params[2 * n :]
-        saved: list[Tensor] = []
-        st = residual_mlp(cond, weights, biases, betas, spec, saved)  # (2, N, D/2)
-        u = st * gain
-        s = u[0].tanh_()
-        e = torch.exp(s)
-        ctx.spec, ctx.n = spec, n
-        ctx.save_for_backward(move, gain, st, s, e, *weights, *betas, *saved)
-        return torch.addcmul(u[1], move, e), s.sum(1)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_move: Tensor, grad_ladj: Tensor):
-        n = ctx.n
-        move, gain, st, s, e, *rest = ctx.saved_tensors
-        weights, betas, saved = rest[:n], rest[n : 2 * n], rest[2 * n :]
-        grad_old = grad_move * e  # gradient of the input `move`
-        grad_s = torch.addcmul(grad_ladj.unsqueeze(1), grad_old, move)
-        grad_u = torch.stack([torch.ops.aten.tanh_backward(grad_s, s), grad_move])
-        grad_gain = (grad_u * st).sum(1, keepdim=True)
-        grad_cond, grad_w, grad_b, grad_beta = residual_mlp_backward(
-            grad_u.mul_(gain), saved, weights, betas, ctx.spec
-        )
-        return grad_cond, grad_old, grad_gain, None, *grad_w, *grad_b, *grad_beta
-
-
-@functools.cache
-def _compiled_coupling_pass():
-    # One compiled graph serves every coupling layer: the weights are arguments, and the
-    # number of rows (blocks) is a dynamic dimension, so levels do not recompile.
-    return torch.compile(coupling_pass, dynamic=True)
 
 
 class RNVPBlock(nn.Module):
@@ -204,7 +116,16 @@ class RNVPBlock(nn.Module):
         )
         self.checkpointing = False
 
-    def _run(self, layer: CouplingLayer, fn, xa: Tensor, xb: Tensor):
+    @staticmethod
+    def macs(features: int, hidden: int, n_res: int, n_mlp: int, n_layers: int) -> int:
+        """Multiply-adds of one forward pass on one block (as the fast kernels run it)."""
+        # each pass reads half of the block and writes the other half: the first Linear
+        # of the first residual block and the last of the last one are half as wide
+        net = _mlp_macs(features, hidden, n_res, n_mlp)
+        net -= (features // 2) * hidden + hidden * (features // 2)
+        return n_layers * 2 * 2 * net  # two passes (mask, complement) x two nets (s, t)
+
+    def _run(self, fn, xa: Tensor, xb: Tensor):
         if self.checkpointing and torch.is_grad_enabled():
             return checkpoint(fn, xa, xb, use_reentrant=False)
         return fn(xa, xb)
@@ -214,7 +135,7 @@ class RNVPBlock(nn.Module):
         xa, xb = x.chunk(2, dim=1)
         ladj = x.new_zeros(x.shape[0])
         for layer in self.layers:
-            xa, xb, l = self._run(layer, layer.forward, xa, xb)
+            xa, xb, l = self._run(layer.forward, xa, xb)
             ladj = ladj + l
         return PermuteFeatures.apply(torch.cat([xa, xb], dim=1), self.unorder, self.order), ladj
 
@@ -223,7 +144,7 @@ class RNVPBlock(nn.Module):
         za, zb = z.chunk(2, dim=1)
         ladj = z.new_zeros(z.shape[0])
         for layer in reversed(self.layers):
-            za, zb, l = self._run(layer, layer.inverse, za, zb)
+            za, zb, l = self._run(layer.inverse, za, zb)
             ladj = ladj + l
         return PermuteFeatures.apply(torch.cat([za, zb], dim=1), self.unorder, self.order), ladj
 
@@ -255,26 +176,31 @@ class ARLayer(nn.Module):
         )
         self.gain_s = nn.Parameter(torch.zeros(features))
         self.gain_t = nn.Parameter(torch.zeros(features))
+        self.kernel = "fast"  # "reference", or "fast"/"compiled": rgflow_core.kernels.FastMLP
 
-    def _scale_shift(self, x: Tensor, w: list[LinearWeights]) -> tuple[Tensor, Tensor]:
-        st = F.pad(self.net(x, w)[..., :-1], (1, 0))  # (2, N, D), shifted: sees x_<i
+    def _mlp(self):
+        """The nets as a callable; the fast one computes the weight norm once."""
+        return self.net if self.kernel == "reference" else FastMLP(self.net)
+
+    def _scale_shift(self, x: Tensor, mlp) -> tuple[Tensor, Tensor]:
+        st = F.pad(mlp(x)[..., :-1], (1, 0))  # (2, N, D), shifted: sees x_<i
         return torch.tanh(self.gain_s * st[0]), self.gain_t * st[1]
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if self.reverse:
             x = x.flip(1)
-        s, t = self._scale_shift(x, self.net.weights())
+        s, t = self._scale_shift(x, self._mlp())
         z = x * torch.exp(s) + t
         return (z.flip(1) if self.reverse else z), s.sum(1)
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
         if self.reverse:
             z = z.flip(1)
-        w = self.net.weights()
+        mlp = self._mlp()
         x = torch.zeros_like(z)
         # Variable i needs x_<i only, so D passes recover x exactly, one variable each.
         for i in range(z.shape[1]):
-            s, t = self._scale_shift(x, w)
+            s, t = self._scale_shift(x, mlp)
             xi = (z[:, i] - t[:, i]) * torch.exp(-s[:, i])
             x = torch.cat([x[:, :i], xi.unsqueeze(1), x[:, i + 1 :]], dim=1)
         return (x.flip(1) if self.reverse else x), -s.sum(1)
@@ -293,6 +219,11 @@ class ARBlock(nn.Module):
         )
         self.checkpointing = False
 
+    @staticmethod
+    def macs(features: int, hidden: int, n_res: int, n_mlp: int, n_layers: int) -> int:
+        """Multiply-adds of one forward pass on one block."""
+        return n_layers * 2 * _mlp_macs(features, hidden, n_res, n_mlp)  # two nets (s, t)
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         ladj = x.new_zeros(x.shape[0])
         for layer in self.layers:
@@ -309,3 +240,6 @@ class ARBlock(nn.Module):
             z, l = layer.inverse(z)
             ladj = ladj + l
         return z, ladj
+
+
+SUBNETS: dict[str, type[RNVPBlock] | type[ARBlock]] = {"rnvp": RNVPBlock, "ar": ARBlock}

@@ -8,7 +8,8 @@ files expected and where.
 
 Layouts under the data root (torchvision's where it has one):
 
-* msds1, msds2: `ROOT/msds1/{train,test}/*.png` + `labels.npz`; generated on first use.
+* msds1, msds2: `ROOT/msds1/{train,test}/*.png` + `labels.npz`; generated on first use
+  by training (never by evaluation).
 * mnist32: `ROOT/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte` (padded to 32).
 * cifar10: `ROOT/cifar-10-batches-py/` (the python version of CIFAR-10).
 * celeba32: `ROOT/celeba/img_align_celeba/*.jpg` + `ROOT/celeba/list_eval_partition.txt`
@@ -26,17 +27,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as TF
 
-from rgflow_core.config import DataConfig, ModelConfig
+from rgflow_core.config import DATASETS, DataConfig, ModelConfig
 from rgflow_core.errors import DataError
+from rgflow_core.images import open_image, to_8bit
 from rgflow_core.msds import MSDS_NAMES, msds_complete, read_msds, write_msds
 
-DATASETS = ("msds1", "msds2", "mnist32", "cifar10", "celeba32", "chair600", "folder")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 ProgressFn = Callable[[str, int, int], None]  # (what, done, total)
@@ -61,22 +61,27 @@ def load_dataset(
     model: ModelConfig,
     progress: ProgressFn | None = None,
     splits: tuple[str, ...] = ("train", "test"),
+    generate: bool = True,
 ) -> ImageData:
-    """Load (or, for MSDS, generate on first use) a dataset as in-memory uint8 tensors.
+    """Load a dataset as in-memory uint8 tensors.
 
-    Only the `splits` asked for are decoded; the others are empty tensors.
+    Only the `splits` asked for are decoded; the others are empty tensors. A missing MSDS
+    set is generated when `generate` is True (training), and is an error otherwise.
     """
     if data.dataset not in DATASETS:
         raise DataError(f"unknown dataset {data.dataset!r}; choose one of {', '.join(DATASETS)}")
     root = Path(data.data_root)
-    loader = {
-        "mnist32": _load_mnist,
-        "cifar10": _load_cifar10,
-        "celeba32": _load_celeba,
-        "chair600": _load_chair600,
-        "folder": _load_folder,
-    }.get(data.dataset, _load_msds)
-    readers, source = loader(root, data, model, progress)
+    if data.dataset in MSDS_NAMES:
+        readers, source = _load_msds(root, data, progress, generate)
+    else:
+        loader = {
+            "mnist32": _load_mnist,
+            "cifar10": _load_cifar10,
+            "celeba32": _load_celeba,
+            "chair600": _load_chair600,
+            "folder": _load_folder,
+        }[data.dataset]
+        readers, source = loader(root, data, model, progress)
     want = (model.channels, model.image_size, model.image_size)
     loaded = {}
     for split in ("train", "test"):
@@ -95,9 +100,22 @@ def load_dataset(
 # --- the datasets -----------------------------------------------------------------------
 
 
-def _load_msds(root: Path, data: DataConfig, model: ModelConfig, progress: ProgressFn | None):
+def read_msds_images(
+    root: str | Path, name: str, split: str, limit: int | None = None, workers: int = 0
+) -> tuple[Tensor, np.ndarray, np.ndarray]:
+    """One MSDS split as uint8 images (N, 3, 32, 32), labels (N, 16, 6) and global factor
+    (see `rgflow_core.msds.read_msds`), optionally only the first `limit` images."""
+    images, labels, factor = read_msds(root, name, split, workers, limit)
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels, factor
+
+
+def _load_msds(root: Path, data: DataConfig, progress: ProgressFn | None, generate: bool):
     name = data.dataset
-    assert name in MSDS_NAMES
+    if not msds_complete(root, name) and not generate:
+        raise DataError(
+            f"no complete {name} set in {root / name}; point to it with {{data_root}}, or "
+            f"generate it (the make-msds command) into {root}"
+        )
     if not msds_complete(root, name):
         total = data.train_size + data.test_size
         done = 0
@@ -114,8 +132,7 @@ def _load_msds(root: Path, data: DataConfig, model: ModelConfig, progress: Progr
         def read() -> Tensor:
             if progress:
                 progress(f"reading {name} {split}", 0, 1)
-            images, _, _ = read_msds(root, name, split)
-            return torch.from_numpy(images).permute(0, 3, 1, 2)
+            return read_msds_images(root, name, split)[0]
 
         return read
 
@@ -125,36 +142,39 @@ def _load_msds(root: Path, data: DataConfig, model: ModelConfig, progress: Progr
 def _load_mnist(root: Path, data: DataConfig, model: ModelConfig, progress):
     from torchvision.datasets import MNIST
 
-    def read(train: bool) -> Tensor:
-        try:
-            ds = MNIST(str(root), train=train, download=False)
-        except RuntimeError as err:
-            raise DataError(
-                f"MNIST not found: put train-images-idx3-ubyte, train-labels-idx1-ubyte, "
-                f"t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte in "
-                f"{root / 'MNIST' / 'raw'}/ (torchvision's layout)"
-            ) from err
-        return F.pad(ds.data.unsqueeze(1), (2, 2, 2, 2))  # 28 -> 32
-
-    return {"train": lambda: read(True), "test": lambda: read(False)}, root / "MNIST"
+    missing = (
+        "MNIST not found: put train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+        f"t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte in {root / 'MNIST' / 'raw'}/ "
+        "(torchvision's layout)"
+    )
+    pad = lambda ds: F.pad(ds.data.unsqueeze(1), (2, 2, 2, 2))  # noqa: E731 - 28 -> 32
+    return _torchvision_splits(MNIST, root, missing, pad), root / "MNIST"
 
 
 def _load_cifar10(root: Path, data: DataConfig, model: ModelConfig, progress):
     from torchvision.datasets import CIFAR10
 
+    source = root / "cifar-10-batches-py"
+    missing = (
+        "CIFAR-10 not found or incomplete: put the python version (data_batch_1 .. "
+        f"data_batch_5, test_batch, batches.meta) in {source}/ (torchvision's layout)"
+    )
+    channels_first = lambda ds: torch.from_numpy(ds.data).permute(0, 3, 1, 2)  # noqa: E731
+    return _torchvision_splits(CIFAR10, root, missing, channels_first), source
+
+
+def _torchvision_splits(dataset_class, root: Path, missing: str, to_images) -> dict:
+    """Readers of the train and test splits of a torchvision dataset class, never
+    downloading: a missing dataset is a DataError saying `missing`."""
+
     def read(train: bool) -> Tensor:
         try:
-            ds = CIFAR10(str(root), train=train, download=False)
+            ds = dataset_class(str(root), train=train, download=False)
         except RuntimeError as err:
-            raise DataError(
-                f"CIFAR-10 not found or incomplete: put the python version "
-                f"(data_batch_1 .. data_batch_5, test_batch, batches.meta) in "
-                f"{root / 'cifar-10-batches-py'}/ (torchvision's layout)"
-            ) from err
-        return torch.from_numpy(ds.data).permute(0, 3, 1, 2)
+            raise DataError(missing) from err
+        return to_images(ds)
 
-    source = root / "cifar-10-batches-py"
-    return {"train": lambda: read(True), "test": lambda: read(False)}, source
+    return {"train": lambda: read(True), "test": lambda: read(False)}
 
 
 def _load_celeba(root: Path, data: DataConfig, model: ModelConfig, progress):
@@ -164,7 +184,7 @@ def _load_celeba(root: Path, data: DataConfig, model: ModelConfig, progress):
     expected = (
         f"CelebA not found: put the aligned images in {images_dir}/ (000001.jpg ...) and the "
         f"official split file in {partition} (torchvision's layout); or use any folder of "
-        "face images with --set dataset=folder --data-root DIR"
+        "face images with the preset key dataset: folder and {data_root}"
     )
     if not images_dir.is_dir() or not partition.is_file():
         raise DataError(expected)
@@ -198,7 +218,7 @@ def _load_chair600(root: Path, data: DataConfig, model: ModelConfig, progress):
 
 def _load_folder(root: Path, data: DataConfig, model: ModelConfig, progress):
     if not root.is_dir():
-        raise DataError(f"image folder {root} does not exist (set it with --data-root)")
+        raise DataError(f"image folder {root} does not exist (set it with {{data_root}})")
     if (root / "train").is_dir() and (root / "test").is_dir():
 
         def read(split: str) -> Tensor:
@@ -239,7 +259,11 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 class _Files(Dataset):
-    """Decode, centre-crop and resize one image file per item (run in DataLoader workers)."""
+    """Decode, centre-crop and resize one image file per item (run in DataLoader workers).
+
+    A file that cannot be used gives its error message (a str) instead of a tensor, so
+    that the main process reports it in one line rather than a worker's traceback.
+    """
 
     def __init__(self, files: list[Path], channels: int, size: int, crop: int) -> None:
         self.files = files
@@ -250,13 +274,14 @@ class _Files(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> Tensor:
-        path = self.files[index]
+    def __getitem__(self, index: int) -> Tensor | str:
         try:
-            with Image.open(path) as img:
-                image = TF.pil_to_tensor(img.convert(self.mode))
-        except (UnidentifiedImageError, OSError, ValueError) as err:
-            raise DataError(f"cannot decode image {path}") from err
+            return self._decode(self.files[index])
+        except DataError as err:
+            return str(err)
+
+    def _decode(self, path: Path) -> Tensor:
+        image = TF.pil_to_tensor(to_8bit(open_image(path)).convert(self.mode))
         h, w = image.shape[1:]
         if self.crop:
             if min(h, w) < self.crop:
@@ -266,7 +291,7 @@ class _Files(Dataset):
         elif (h, w) != (self.size, self.size):
             raise DataError(
                 f"{path} is {w}x{h} but the model takes {self.size}x{self.size}; resize the "
-                f"images or set center_crop (e.g. --set center_crop={min(h, w)}) to crop and "
+                f"images or set the preset key center_crop (e.g. to {min(h, w)}) to crop and "
                 "resize them"
             )
         return image
@@ -279,14 +304,17 @@ def _decode_files(
         return torch.empty(0, model.channels, model.image_size, model.image_size, dtype=torch.uint8)
     dataset = _Files(files, model.channels, model.image_size, data.center_crop)
     workers = min(os.cpu_count() or 1, 16) if len(files) > 2000 else 0
-    loader = DataLoader(dataset, batch_size=256, num_workers=workers)
+    loader = DataLoader(dataset, batch_size=256, num_workers=workers, collate_fn=list)
     out = torch.empty(
         len(files), model.channels, model.image_size, model.image_size, dtype=torch.uint8
     )
     done = 0
     for batch in loader:
-        out[done : done + len(batch)] = batch
-        done += len(batch)
+        for item in batch:
+            if isinstance(item, str):
+                raise DataError(item)
+            out[done] = item
+            done += 1
         if progress:
             progress(what, done, len(files))
     return out
@@ -325,7 +353,3 @@ def train_batches(
             f = flips[index]
             batch[f] = batch[f].flip(-1)
         yield batch
-
-
-def steps_per_epoch(n_images: int, batch_size: int) -> int:
-    return n_images // batch_size

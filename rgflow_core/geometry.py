@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rgflow_core.errors import ConfigError
+from rgflow_core.errors import ConfigError, UsageError
 
 
 def num_levels(image_size: int, kernel_size: int) -> int:
@@ -74,6 +74,25 @@ def latent_levels(image_size: int, kernel_size: int) -> Tensor:
     return levels
 
 
+def check_level(levels: int, level: int, name: str = "level") -> int:
+    """`level` if it is one of the RG levels 0..levels-1, else a UsageError naming `name`."""
+    if not 0 <= level < levels:
+        raise UsageError(f"{level} is out of range: this model has levels 0..{levels - 1}", name)
+    return level
+
+
+def level_positions(level_map: Tensor, level: int) -> Tensor:
+    """(N, 2) LongTensor of the (i, j) positions of level `level`, in row-major order."""
+    return (level_map == level).nonzero()
+
+
+def latents_by_level(z: Tensor, level_map: Tensor) -> dict[int, Tensor]:
+    """Per-level views of z (B, C, L, L): {level: (B, C, N_level)} in row-major order."""
+    H = int(level_map.max()) + 1
+    mask = level_map.to(z.device)
+    return {h: z[..., mask == h] for h in range(H)}
+
+
 def _dilate_to_blocks(mask: Tensor, kernel_size: int, shift: int) -> Tensor:
     """Mark every pixel of each block (of the given grid) that holds a marked pixel."""
     M = mask.shape[-1]
@@ -127,3 +146,30 @@ def cone_latents(pixels: Tensor, kernel_size: int) -> Tensor:
     for h, level in enumerate(causal_cone(pixels, kernel_size)):
         out[:: 2**h, :: 2**h] |= level["latents"]
     return out
+
+
+def generator_cone(latents: Tensor, kernel_size: int) -> Tensor:
+    """Pixels that a change of some latents can change, in the generating direction.
+
+    `causal_cone` follows the encoder (pixels -> latents); the generator runs the levels
+    top-down and each level's decimator before its disentangler. Both relations are built
+    from the same symmetric "shares a block" steps, so this one is the transpose of the
+    encoder's: pixel p is in the cone of latent l exactly when l is in `cone_latents(p)`.
+
+    Arguments:
+        latents: (L, L) bool mask of latent positions.
+
+    Returns:
+        (L, L) bool mask of image pixels.
+    """
+    L = latents.shape[-1]
+    H = num_levels(L, kernel_size)
+    latents = latents.bool()
+    changed = None
+    for h in reversed(range(H)):
+        here = latents[:: 2**h, :: 2**h].clone()  # (M, M) level-h sub-lattice
+        if changed is not None:
+            here[::2, ::2] |= changed
+        after_dec = _dilate_to_blocks(here, kernel_size, 0)
+        changed = _dilate_to_blocks(after_dec, kernel_size, kernel_size // 2)
+    return changed

@@ -19,18 +19,16 @@ References: Hu et al., "RG-Flow", arXiv:2010.00029, section 4 (inpainting, O(log
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import partial
 
 import torch
 from torch import Tensor, nn
 
-from rgflow_core.config import ModelConfig
+from rgflow_core.checks import check_float, check_int, check_positive
 from rgflow_core.errors import UsageError
-from rgflow_core.flow import RGFlow, build_model
+from rgflow_core.flow import RGFlow
 from rgflow_core.geometry import from_blocks, to_blocks
 from rgflow_core.preprocess import ALPHA, dequantize, quantize
 
@@ -91,7 +89,9 @@ class ConeLogProb(nn.Module):
         L, C = model.config.image_size, model.config.channels
         mask = mask.to(torch.bool).cpu()
         if mask.shape != (L, L) or y.shape != (C, L, L):
-            raise UsageError(f"image {tuple(y.shape)} and mask {tuple(mask.shape)} do not fit")
+            raise UsageError(
+                f"image {tuple(y.shape)} and mask {tuple(mask.shape)} do not fit", "mask"
+            )
         self.model = model
         self.channels = C
         self.hole = mask.flatten().nonzero().flatten().to(y.device)  # (P,)
@@ -240,6 +240,14 @@ def _frozen(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(True)
 
 
+def check_inpaint_args(steps: int, lr: float, restarts: int, noise: float) -> None:
+    """Check `inpaint`'s optimisation settings (before any work)."""
+    check_int("steps", steps, 0, 100_000)
+    check_positive("lr", lr, 100.0)
+    check_int("restarts", restarts, 1, 1024)
+    check_float("noise", noise, 0.0, 100.0)
+
+
 def inpaint(
     model: RGFlow,
     image: Tensor,
@@ -269,11 +277,10 @@ def inpaint(
     Returns:
         An `InpaintResult`; fills are uint8 and equal to `image` outside the hole.
     """
-    if steps < 0 or restarts < 1 or lr <= 0 or noise < 0:
-        raise UsageError("--steps must be >= 0, --restarts >= 1, --lr > 0 and --noise >= 0")
+    check_inpaint_args(steps, lr, restarts, noise)
     mask = mask.to(torch.bool).cpu()
     if not bool(mask.any()):
-        raise UsageError("the mask marks no pixel as missing")
+        raise UsageError("marks no pixel as missing", "mask")
     p = next(model.parameters())
     device, dtype = p.device, p.dtype
     C = image.shape[0]
@@ -331,119 +338,3 @@ def psnr(a: Tensor, b: Tensor) -> float:
     """Peak signal-to-noise ratio (dB) of two uint8 arrays of pixels."""
     mse = (a.double() - b.double()).pow(2).mean().item()
     return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
-
-
-def extend_config(cfg: ModelConfig, image_size: int) -> ModelConfig:
-    """`cfg`'s architecture at another image size; extra (coarser) levels copy the top one."""
-    from dataclasses import replace
-
-    from rgflow_core.geometry import num_levels
-
-    H = num_levels(image_size, cfg.kernel_size)
-    n_layers = tuple(cfg.n_layers[:H]) + (cfg.n_layers[-1],) * max(0, H - cfg.levels)
-    return replace(cfg, image_size=image_size, n_layers=n_layers)
-
-
-@dataclass
-class InpaintBenchRow:
-    """One image size of `rgflow bench --inpaint`."""
-
-    image_size: int
-    levels: int
-    cone_blocks: int
-    full_blocks: int
-    cone_ms_per_step: float
-    full_ms_per_step: float
-
-
-def _ascent_step(objective: Callable[[Tensor], Tensor], param: Tensor) -> Callable[[], None]:
-    """One Adam step up `objective(param)` (summed over the batch), as a closure."""
-    opt = torch.optim.Adam([param], lr=1e-3)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        (-objective(param).sum()).backward()
-        opt.step()
-
-    return step
-
-
-def _time(fn: Callable[[], None], device: torch.device, budget_s: float, max_reps: int) -> float:
-    """Median seconds per call of `fn` after one warm-up call, over about `budget_s` seconds.
-
-    The median, not the mean, so that a busy shared machine's stalls do not count.
-    """
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    fn()
-    sync()
-    times: list[float] = []
-    begin = time.perf_counter()
-    while len(times) < max_reps and (not times or time.perf_counter() - begin < budget_s):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
-
-
-def bench_inpaint(
-    cfg: ModelConfig,
-    sizes: list[int],
-    hole: int = 8,
-    *,
-    device: torch.device | str = "cpu",
-    budget_s: float = 1.0,
-    max_reps: int = 50,
-    full: bool = True,
-    progress: Callable[[str], None] | None = None,
-) -> list[InpaintBenchRow]:
-    """Time one inpainting step (forward + backward + Adam) on the cone vs the whole image.
-
-    For each size L, `cfg`'s architecture extended to L (see `extend_config`) is built
-    with random, perturbed gains, and a centred `hole` x `hole` square is filled.
-    """
-    device = torch.device(device)
-    say = progress or (lambda message: None)
-    rows = []
-    for L in sizes:
-        if hole > L:
-            raise UsageError(f"--hole {hole} is larger than the image size {L}")
-        sub = extend_config(cfg, L)
-        torch.manual_seed(0)
-        model = build_model(sub).to(device).eval()
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if "gain" in name:
-                    p.normal_(0, 0.01)
-        model.requires_grad_(False)
-        mask = torch.zeros(L, L, dtype=torch.bool)
-        a = L // 2 - hole // 2
-        mask[a : a + hole, a : a + hole] = True
-        image = torch.randint(0, 256, (sub.channels, L, L), dtype=torch.uint8)
-        y, _ = model.preprocess(dequantize(image.to(device), noise=False))
-        say(f"L={L}: caching the known image")
-        cone = ConeLogProb(model, y, mask)
-        v = y.flatten(1)[:, cone.hole].unsqueeze(0).clone().requires_grad_(True)
-        say(f"L={L}: cone steps")
-        cone_s = _time(_ascent_step(cone, v), device, budget_s, max_reps)
-        full_s = float("nan")
-        if full:
-            y_full = y.unsqueeze(0).clone().requires_grad_(True)
-            say(f"L={L}: full-image steps")
-            step = _ascent_step(partial(full_log_prob, model), y_full)
-            full_s = _time(step, device, budget_s, max_reps)
-        rows.append(
-            InpaintBenchRow(
-                image_size=L,
-                levels=sub.levels,
-                cone_blocks=cone.stats.cone_blocks,
-                full_blocks=cone.stats.full_blocks,
-                cone_ms_per_step=1e3 * cone_s,
-                full_ms_per_step=1e3 * full_s,
-            )
-        )
-    return rows

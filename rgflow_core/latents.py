@@ -19,11 +19,12 @@ import torch
 from safetensors.torch import save as st_save
 from torch import Tensor
 
-from rgflow_core.checkpoint import atomic_write_bytes, read_safetensors
+from rgflow_core.checkpoint import SafetensorsFile, strict_json
 from rgflow_core.config import ModelConfig
 from rgflow_core.errors import ConfigError, DataError, UsageError
-from rgflow_core.explore import latents_by_level, level_positions
+from rgflow_core.files import atomic_write_bytes
 from rgflow_core.flow import RGFlow
+from rgflow_core.geometry import latents_by_level, level_positions
 
 FORMAT = "rgflow-latents/1"
 
@@ -58,26 +59,43 @@ def save_latents(path: str | Path, model: RGFlow, z: Tensor, bpd: Tensor, names:
         tensors[f"positions_{h}"] = level_positions(level_map, h).contiguous()
     meta = {
         "format": FORMAT,
-        "config": json.dumps(dataclasses.asdict(model.config)),
+        "config": json.dumps(model.config.to_dict()),
         "fingerprint": model_fingerprint(model),
-        "names": json.dumps(list(names)),
+        "names": strict_json(list(names)),
     }
-    atomic_write_bytes(path, st_save(tensors, metadata=meta))
-    return Path(path)
+    return atomic_write_bytes(path, st_save(tensors, metadata=meta))
 
 
 def load_latents(path: str | Path) -> Latents:
-    """Read a latents file written by `save_latents`."""
-    tensors, meta = read_safetensors(path, "latents file", DataError)
-    if meta.get("format") != FORMAT or "z" not in tensors:
-        raise DataError(f"{path} is not an rgflow latents file (write one with `rgflow encode`)")
-    try:
-        config = ModelConfig(**json.loads(meta["config"]))
-        names = [str(n) for n in json.loads(meta.get("names", "[]"))]
-    except (KeyError, TypeError, ValueError, ConfigError) as err:
-        raise DataError(f"{path} has unreadable metadata ({err})") from err
-    z = tensors["z"]
-    bpd = tensors.get("bpd", torch.full((len(z),), float("nan")))
+    """Read a latents file written by `save_latents`.
+
+    Raises:
+        DataError: not a latents file, unreadable metadata, no latents, or latents of the
+            wrong shape or dtype, or not finite.
+    """
+    with SafetensorsFile(path, "latents file", DataError) as f:
+        meta = f.metadata
+        if meta.get("format") != FORMAT or "z" not in f.shapes:
+            raise DataError(
+                f"{path} is not an rgflow latents file (write one with `rgflow encode`)"
+            )
+        try:
+            config = ModelConfig(**json.loads(meta["config"]))
+            names = [str(n) for n in json.loads(meta.get("names", "[]"))]
+        except (KeyError, TypeError, ValueError, RecursionError, ConfigError) as err:
+            raise DataError(f"{path} has unreadable metadata ({err})") from err
+        shape = (config.channels, config.image_size, config.image_size)
+        z_shape = f.shapes["z"]
+        if len(z_shape) != 4 or z_shape[1:] != shape or f.dtypes["z"] not in ("F32", "F64"):
+            raise DataError(f"{path}: z is {f.dtypes['z']} {z_shape}, expected float (B, *{shape})")
+        if z_shape[0] == 0:
+            raise DataError(f"{path} holds no latents (0 images)")
+        z = f.tensor("z")
+        bpd = f.tensor("bpd") if f.shapes.get("bpd") == (len(z),) else None
+    if not bool(torch.isfinite(z).all()):
+        raise DataError(f"{path} holds latents that are NaN or infinite")
+    if bpd is None:
+        bpd = torch.full((len(z),), float("nan"))
     if len(names) != len(z):
         names = [f"{i:04d}" for i in range(len(z))]
     return Latents(z, bpd, names, config, meta.get("fingerprint", ""))
@@ -91,7 +109,4 @@ def check_latents_match(latents: Latents, model: RGFlow, path: str | Path = "lat
             f"{k}={theirs[k]} (model: {ours[k]})" for k in ours if theirs[k] != ours[k]
         )
         raise UsageError(f"{path} was encoded by another model: {diff}")
-    shape = (model.config.channels, model.config.image_size, model.config.image_size)
-    if latents.z.dim() != 4 or tuple(latents.z.shape[1:]) != shape:
-        raise DataError(f"{path}: z has shape {tuple(latents.z.shape)}, expected (B, *{shape})")
     return latents.fingerprint == model_fingerprint(model)

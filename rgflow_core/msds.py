@@ -38,6 +38,7 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import os
+import shutil
 import sys
 import zlib
 from collections.abc import Callable, Iterator
@@ -135,7 +136,7 @@ def write_msds(
         workers: processes to use (0 = one per CPU core).
         progress: called with the number of images finished, chunk by chunk.
     """
-    check_msds_request(name, n_train, n_test, seed, workers)
+    check_msds_request(name, n_train, n_test, seed, workers, str(root))
     folder = Path(root) / name
     counts = {"train": n_train, "test": n_test}
     try:
@@ -172,16 +173,34 @@ def write_msds(
     return folder
 
 
-def check_msds_request(name: str, n_train: int, n_test: int, seed: int, workers: int) -> None:
-    """Raise `UsageError` unless `write_msds` accepts these arguments (checked before any work)."""
+MAX_IMAGES = 10_000_000  # per split
+BYTES_PER_IMAGE = 4096  # a stored 32x32 PNG (3,161 bytes) fills one file-system block
+
+
+def check_msds_request(
+    name: str, n_train: int, n_test: int, seed: int, workers: int, root: str | None = None
+) -> None:
+    """Raise `UsageError` unless `write_msds` accepts these arguments (checked before any
+    work), and, given the `root` folder, unless its disk has room for the images."""
     _check_name(name)
-    if n_train < 1 or n_test < 0:
+    if not (1 <= n_train <= MAX_IMAGES and 0 <= n_test <= MAX_IMAGES):
         raise UsageError(
-            "an MSDS set needs at least 1 training image and 0 or more test images "
-            f"(got train={n_train}, test={n_test})"
+            f"an MSDS set needs 1 to {MAX_IMAGES:,} training images and 0 to {MAX_IMAGES:,} "
+            f"test images (got train={n_train}, test={n_test})"
         )
     _check_seed(seed)
     _check_workers(workers)
+    if root is not None:
+        need = (n_train + n_test) * BYTES_PER_IMAGE
+        existing = Path(root)
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        free = shutil.disk_usage(existing).free
+        if need > free:
+            raise UsageError(
+                f"{n_train + n_test:,} images need about {need / 2**30:.1f} GiB, but the disk "
+                f"of {root} has {free / 2**30:.1f} GiB free"
+            )
 
 
 def read_msds(
@@ -203,7 +222,7 @@ def read_msds(
     _check_workers(workers)
     folder = Path(root) / name / split
     labels_path = folder / LABELS_FILE
-    hint = f"run `rgflow make-msds {name} --out {root}` to generate it"
+    hint = f"generate it (the make-msds command, or write_msds) into {root}"
     if not labels_path.is_file():
         raise DataError(f"MSDS set missing or incomplete: {labels_path} not found; {hint}")
     try:
@@ -383,13 +402,13 @@ def _split_id(split: str) -> int:
 
 
 def _check_seed(seed: int) -> None:
-    if seed < 0:
-        raise UsageError(f"the seed must be a non-negative integer (got {seed})")
+    if not 0 <= seed < 2**63:
+        raise UsageError(f"must be an integer in 0..2**63-1, got {seed}", "seed")
 
 
 def _check_workers(workers: int) -> None:
-    if workers < 0:
-        raise UsageError(f"workers must be >= 0, 0 meaning one per CPU core (got {workers})")
+    if not 0 <= workers <= 1024:
+        raise UsageError(f"must be 0 (one per CPU core) to 1024, got {workers}", "workers")
 
 
 def _reason(err: Exception) -> str:

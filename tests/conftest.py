@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
+from rgflow_cli.main import main
 from rgflow_core import ModelConfig, build_model
 
 
@@ -29,3 +32,20 @@ def tiny_config(**kw) -> ModelConfig:
 def tiny_model():
     """A perturbed float64 RG-Flow on 8x8 grey images, K=2 (3 levels)."""
     return perturb(build_model(tiny_config()).double())
+
+
+@pytest.fixture
+def run_main(monkeypatch, capsys):
+    """Run the real entry point as a user would: run_main(*args) -> (exit code, output)."""
+
+    def run(*args) -> tuple[int, str]:
+        monkeypatch.setattr(sys, "argv", ["rgflow", *map(str, args)])
+        code = 0
+        try:
+            main()
+        except SystemExit as exit_:
+            code = exit_.code or 0
+        captured = capsys.readouterr()
+        return code, captured.out + captured.err
+
+    return run

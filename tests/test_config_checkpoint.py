@@ -56,7 +56,7 @@ def test_wrong_types_name_the_key(key, value):
 
 
 def test_inconsistent_levels():
-    with pytest.raises(ConfigError, match="one positive entry per RG level"):
+    with pytest.raises(ConfigError, match="one entry in 1..256 per RG level"):
         load_preset("quick", {"n_layers": [2, 2]})
 
 

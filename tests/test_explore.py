@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,25 +12,16 @@ from conftest import perturb, tiny_config
 from PIL import Image
 from typer.testing import CliRunner
 
-from rgflow_cli.main import app, main
+from rgflow_cli.main import app
 from rgflow_core import build_model, cone_latents, latent_levels, load_model, save_model
-from rgflow_core.explore import (
-    decode_images,
-    encode_images,
-    fit_ridge,
-    generator_cone,
-    latents_by_level,
-    mix_latents,
-    msds_targets,
-    r2_score,
-    random_walk,
-    receptive_field,
-    rf_extent,
-    traverse_latents,
-)
+from rgflow_core.codec import decode_images, encode_images
+from rgflow_core.geometry import generator_cone, latents_by_level
 from rgflow_core.images import read_images
 from rgflow_core.latents import load_latents
+from rgflow_core.mixing import mix_latents, random_walk, traverse_latents
 from rgflow_core.msds import write_msds
+from rgflow_core.probe import fit_ridge, msds_targets, r2_score
+from rgflow_core.receptive import receptive_field, rf_extent
 
 runner = CliRunner()
 
@@ -338,9 +328,18 @@ def test_ridge_recovers_a_linear_factor():
     assert (
         fit_ridge(wide, wide[:, :1], alpha=1e-6).predict(wide).sub(wide[:, :1]).abs().max() < 1e-3
     )
-    angles = msds_targets("msds2", torch.tensor([0.0, 45.0, 90.0, 180.0]))
+    labels = torch.zeros(4, 16, 6)
+    labels[..., 2] = torch.tensor([0.0, 45.0, 90.0, 180.0]).view(4, 1)
+    labels[..., 3:] = 7.0
+    targets = msds_targets("msds2", labels, torch.tensor([0.0, 45.0, 90.0, 180.0]))
     torch.testing.assert_close(
-        angles[:, 1], torch.tensor([1.0, 0.0, -1.0, 1.0], dtype=torch.float64)
+        targets["global"][:, 1], torch.tensor([1.0, 0.0, -1.0, 1.0], dtype=torch.float64)
+    )
+    assert targets["local"].shape == (4, 48) and bool((targets["local"] == 7).all())
+    targets = msds_targets("msds1", labels, torch.full((4, 3), 100.0))
+    assert targets["global"].shape == (4, 3) and targets["local"].shape == (4, 32)
+    torch.testing.assert_close(  # angle 45 degrees: (sin 90, cos 90) for every ellipse
+        targets["local"][1].view(16, 2), torch.tensor([[1.0, 0.0]] * 16, dtype=torch.float64)
     )
 
 
@@ -348,10 +347,15 @@ def test_ridge_recovers_a_linear_factor():
 def test_probe_cli(ckpts, tmp_path, name):
     write_msds(tmp_path, name, 24, 12, seed=0, workers=1)
     args = ["probe", "-c", ckpts["msds"], "--data-root", tmp_path, "--dataset", name]
+    args += ["-o", tmp_path / "probe.png"]
     report = json.loads(_ok([*args, "--json", "--workers", "1"]))
     assert report["train_images"] == 24 and report["test_images"] == 12
-    assert [r["level"] for r in report["results"]] == ["0", "1", "2", "3", "all"]
+    levels = ["0", "1", "2", "3", "all"]
+    assert [r["level"] for r in report["results"]] == levels * 2  # global, then local
+    assert [r["target"].split(":")[0] for r in report["results"]] == ["global"] * 5 + ["local"] * 5
     assert sum(r["latents"] for r in report["results"][:4]) == 3 * 32 * 32
+    with Image.open(report["chart"]) as chart:
+        assert chart.size[0] > 300 and chart.size[1] > 200
     assert all(np.isfinite(r["r2_test"]) for r in report["results"])
     assert "R²" in _ok([*args, "--workers", "1"])
     limited = json.loads(_ok([*args, "--max-images", "10", "--workers", "1", "--json"]))
@@ -366,31 +370,25 @@ def test_probe_cli(ckpts, tmp_path, name):
 # --- bad input ---
 
 
-def _run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["rgflow", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out + captured.err
-
-
 BAD = [
     (["encode", "{g}", "{missing}"], "does not exist"),
     (["encode", "{text}"], "not a readable image"),
     (["encode", "{big}"], "--resize"),
     (["encode", "{c0}"], "mode RGB"),
-    (["sample", "-n", "0"], "-n must be >= 1"),
-    (["sample", "--temperature", "0"], "--temperature must be > 0"),
-    (["sample", "--level-temperature", "5=0.3"], "level 5 is out of range"),
+    (["sample", "-n", "0"], "--num: must be in 1..100000, got 0"),
+    (["sample", "--temperature", "0"], "--temperature: must be > 0"),
+    (["sample", "--temperature", "nan"], "--temperature: must be a finite number"),
+    (["sample", "--level-temperature", "5=0.3"], "--level-temperature: 5 is out of range"),
+    (["sample", "--level-temperature", "0=inf"], "--level-temperature: must be a finite"),
     (["sample", "--level-temperature", "0:0.3"], "LEVEL=T"),
-    (["mix", "{g}", "{g}", "--scale", "0"], "--scale 0 is out of range"),
-    (["mix", "{g}", "{g}", "--scale", "3"], "--scale 3 is out of range"),
+    (["mix", "{g}", "{g}", "--scale", "0"], "--scale: 0 is out of range"),
+    (["mix", "{g}", "{g}", "--scale", "3"], "--scale: 3 is out of range"),
     (["mix", "{g}", "{big}", "--scale", "1"], "--resize"),
-    (["receptive-field", "--levels", "3"], "level 3 is out of range"),
-    (["traverse", "--level", "4"], "level 4 is out of range"),
+    (["receptive-field", "--levels", "3"], "--levels: 3 is out of range"),
+    (["traverse", "--level", "4"], "--level: 4 is out of range"),
     (["traverse", "--level", "1", "--latent", "0,1,1"], "level 0, not of level 1"),
-    (["traverse", "--level", "0", "--top", "99"], "--top 99 is out of range"),
-    (["walk", "--level", "-1"], "level -1 is out of range"),
+    (["traverse", "--level", "0", "--top", "99"], "--top: must be in 1..48, got 99"),
+    (["walk", "--level", "-1"], "--level: -1 is out of range"),
     (["decode", "{z_rgb}"], "another model"),
     (["decode", "{text}"], "not a readable safetensors"),
     (["probe", "--data-root", "{nodata}"], "make-msds"),
@@ -414,21 +412,19 @@ def bad_inputs(ckpts, pngs, tmp_path_factory):
 
 
 @pytest.mark.parametrize(("args", "expected"), BAD, ids=[" ".join(a) for a, _ in BAD])
-def test_bad_input_is_one_line(ckpts, bad_inputs, tmp_path, monkeypatch, capsys, args, expected):
+def test_bad_input_is_one_line(ckpts, bad_inputs, tmp_path, monkeypatch, run_main, args, expected):
     monkeypatch.chdir(tmp_path)
     args = [a.format(**{k: str(v) for k, v in bad_inputs.items()}) for a in args]
-    code, output = _run_main(
-        monkeypatch, capsys, *args, "-c", str(ckpts["grey"]), "--device", "cpu"
-    )
+    code, output = run_main(*args, "-c", str(ckpts["grey"]), "--device", "cpu")
     assert code != 0 and "Traceback" not in output
     lines = [line for line in output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], output
     assert not list(tmp_path.iterdir())  # nothing written
 
 
-def test_no_checkpoint_found(tmp_path, monkeypatch, capsys):
+def test_no_checkpoint_found(tmp_path, monkeypatch, run_main):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("RGFLOW_CHECKPOINT", raising=False)
-    code, output = _run_main(monkeypatch, capsys, "sample", "-n", "2")
+    code, output = run_main("sample", "-n", "2")
     assert code == 1 and output.startswith("error: no checkpoint given")
     assert len(output.strip().splitlines()) == 1

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 import torch
 from conftest import perturb, tiny_config
 from PIL import Image
 
-from rgflow_cli.main import main
 from rgflow_core import build_model, causal_cone, save_model
 from rgflow_core.inpaint import ConeLogProb, full_log_prob, inpaint, local_mean_fill
 
@@ -125,26 +122,15 @@ def files(tmp_path):
     return tmp_path
 
 
-def _run(monkeypatch, capsys, *args) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["rgflow", "inpaint", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_info:
-        code = exit_info.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
-
-
 def _pixels(path) -> torch.Tensor:
     with Image.open(path) as img:
         return torch.from_numpy(np.array(img.convert("RGB")))
 
 
-def test_cli_fills_and_writes_figures(files, monkeypatch, capsys):
+def test_cli_fills_and_writes_figures(files, run_main):
     d = files
-    code, out = _run(
-        monkeypatch, capsys, d / "img.png", d / "mask.png", "-c", d / "m.safetensors",
+    code, out = run_main(
+        "inpaint", d / "img.png", d / "mask.png", "-c", d / "m.safetensors",
         "-o", d / "filled.png", "--steps", "5", "--restarts", "2", "--noise", "0.3",
         "--compare", d / "cmp.png", "--original", d / "img.png", "--gif", d / "p.gif",
         "--out-dir", d / "fills", "--device", "cpu",
@@ -159,15 +145,15 @@ def test_cli_fills_and_writes_figures(files, monkeypatch, capsys):
     assert "PSNR" in out and "block evaluations per step" in out
 
 
-def test_cli_empty_and_full_masks(files, monkeypatch, capsys):
+def test_cli_empty_and_full_masks(files, run_main):
     d = files
     base = ["-c", d / "m.safetensors", "--steps", "2", "--device", "cpu"]
-    code, out = _run(monkeypatch, capsys, d / "img.png", d / "none.png", *base, "-o", d / "o.png")
+    code, out = run_main("inpaint", d / "img.png", d / "none.png", *base, "-o", d / "o.png")
     assert code == 0 and "no pixel" in out
     assert (d / "o.png").read_bytes() != b"" and torch.equal(
         _pixels(d / "o.png"), _pixels(d / "img.png")
     )
-    code, out = _run(monkeypatch, capsys, d / "img.png", d / "all.png", *base, "-o", d / "s.png")
+    code, out = run_main("inpaint", d / "img.png", d / "all.png", *base, "-o", d / "s.png")
     assert code == 0 and "sampling" in out
 
 
@@ -182,17 +168,17 @@ def test_cli_empty_and_full_masks(files, monkeypatch, capsys):
         ("img.png", "mask.png", ["--restarts", "0"], "--restarts"),
     ],
 )
-def test_cli_bad_inputs(files, monkeypatch, capsys, image, mask, extra, message):
+def test_cli_bad_inputs(files, run_main, image, mask, extra, message):
     d = files
     args = [d / image, d / mask, "-c", d / "m.safetensors", "-o", d / "o.png", *extra]
-    code, out = _run(monkeypatch, capsys, *args, "--device", "cpu")
+    code, out = run_main("inpaint", *args, "--device", "cpu")
     assert code != 0
     assert message in out and "Traceback" not in out
     assert out.strip().startswith("error:") and len(out.strip().splitlines()) == 1
 
 
-def test_cli_resize(files, monkeypatch, capsys):
+def test_cli_resize(files, run_main):
     d = files
     args = [d / "big.png", d / "big.png", "-c", d / "m.safetensors", "--resize", "--steps", "1"]
-    code, out = _run(monkeypatch, capsys, *args, "-o", d / "o.png", "--device", "cpu")
+    code, out = run_main("inpaint", *args, "-o", d / "o.png", "--device", "cpu")
     assert code == 0, out

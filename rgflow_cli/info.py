@@ -1,0 +1,110 @@
+"""`rgflow info`: what a checkpoint is and where it came from (or the shipped presets)."""
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from rgflow_cli.io import resolve_checkpoint
+from rgflow_cli.options import JsonOpt
+
+UNKNOWN = "unknown (not recorded by the rgflow that wrote this checkpoint)"
+
+
+def info(
+    checkpoint: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="[CHECKPOINT]",
+            help="Checkpoint (default: $RGFLOW_CHECKPOINT, else the newest run's).",
+        ),
+    ] = None,
+    presets: Annotated[
+        bool, typer.Option("--presets", help="List the shipped presets and their main settings.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Describe a checkpoint: architecture, size, latents per level, and its provenance
+    (preset, data, epochs, bits/dim, date, versions)."""
+    if presets:
+        _list_presets(as_json)
+        return
+    from rgflow_core.checkpoint import read_metadata, strict_json
+
+    path = resolve_checkpoint(checkpoint)
+    facts = describe(path, read_metadata(path))
+    if as_json:
+        typer.echo(strict_json(facts))
+        return
+    for key, value in facts.items():
+        if isinstance(value, dict):
+            typer.echo(f"{key}:")
+            for k, v in value.items():
+                typer.echo(f"  {k:22s} {_shown(v)}")
+        else:
+            typer.echo(f"{key:24s} {_shown(value)}")
+
+
+def describe(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """The facts `rgflow info` shows, from a checkpoint's metadata (read_metadata)."""
+    from rgflow_core.bench import forward_flops
+    from rgflow_core.flow import parameter_count
+    from rgflow_core.geometry import latent_levels
+
+    cfg = meta["config"]
+    levels = latent_levels(cfg.image_size, cfg.kernel_size)
+    per_level = {f"level {h}": cfg.channels * int((levels == h).sum()) for h in range(cfg.levels)}
+    data = meta.get("data") or {}
+    return {
+        "checkpoint": str(path),
+        "architecture": cfg.to_dict(),
+        "parameters": parameter_count(cfg),
+        "forward_gflop_per_image": forward_flops(cfg) / 1e9,
+        "latents_per_level": per_level,
+        "provenance": {
+            "preset": meta.get("preset", UNKNOWN),
+            "dataset": meta.get("dataset", UNKNOWN),
+            "data_source": data.get("source", UNKNOWN),
+            "train_images": data.get("train_images", UNKNOWN),
+            "test_images": data.get("test_images", UNKNOWN),
+            "epoch": meta.get("epoch", UNKNOWN),
+            "step": meta.get("step", UNKNOWN),
+            "images_seen": meta.get("images", UNKNOWN),
+            "train_bpd": meta.get("train_bpd", UNKNOWN),
+            "test_bpd": meta.get("test_bpd", UNKNOWN),
+            "date": meta.get("date", UNKNOWN),
+            "versions": meta.get("versions", UNKNOWN),
+        },
+        "settings": meta.get("settings", UNKNOWN),
+    }
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1e4 else f"{value:,.0f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    return "null" if value is None else str(value)
+
+
+def _list_presets(as_json: bool) -> None:
+    from rgflow_core.config import load_preset, preset_names
+
+    rows = {}
+    for name in preset_names():
+        p = load_preset(name)
+        rows[name] = {
+            "dataset": p.data.dataset,
+            "n_layers": list(p.model.n_layers),
+            "n_hidden": p.model.n_hidden,
+            "epochs": p.train.epochs,
+            "batch_size": p.train.batch_size,
+        }
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    for name, row in rows.items():
+        typer.echo(f"{name:10s} " + "  ".join(f"{k} {v}" for k, v in row.items()))

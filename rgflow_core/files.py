@@ -1,0 +1,151 @@
+"""Writing files so that nothing a user has is lost: atomic writes and output checks.
+
+Nothing here imports torch or the model, so that writing a PNG or a YAML file does not
+depend on the network code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from rgflow_core.errors import UsageError
+
+TEMP_SUFFIX = ".tmp"  # every temp file of `atomic_write_bytes` is `.NAME.*.tmp`
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write `data` to `path` so that readers see the old file or the whole new one.
+
+    The bytes go to a temp file in the same folder, are flushed to disk, and the temp file
+    is renamed over `path`; the folder is synced so that the rename survives a crash.
+    Returns the path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def is_temp_file(path: Path) -> bool:
+    """Whether `path` is a leftover temp file of `atomic_write_bytes`."""
+    return path.name.startswith(".") and path.name.endswith(TEMP_SUFFIX)
+
+
+def remove_temp_files(folder: Path) -> list[Path]:
+    """Delete the temp files that writes killed half-way left in `folder`; return them."""
+    removed = [p for p in folder.glob(f".*{TEMP_SUFFIX}") if p.is_file()]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
+
+
+def check_outputs(
+    outputs: Iterable[str | os.PathLike[str] | None],
+    inputs: Iterable[str | os.PathLike[str] | None] = (),
+    *,
+    folders: Iterable[str | os.PathLike[str] | None] = (),
+) -> None:
+    """Refuse output locations that would lose data or fail after the work is done.
+
+    Arguments:
+        outputs: files to be written (None entries are skipped).
+        inputs: files the command reads; no output may resolve to one of them.
+        folders: folders to be written into (created if missing).
+
+    Raises:
+        UsageError: an output is an input, a folder, or under a file; a folder is a file;
+            or a location cannot be written.
+    """
+    sources = {_resolved(p) for p in inputs if p is not None}
+    seen: dict[Path, str] = {}
+    for given in outputs:
+        if given is None:
+            continue
+        path = Path(given)
+        resolved = _resolved(path)
+        if resolved in sources:
+            raise UsageError(f"output {path} is also an input; choose another output path")
+        if resolved in seen:
+            raise UsageError(f"{path} is named twice as an output ({seen[resolved]})")
+        seen[resolved] = str(path)
+        if path.is_dir():
+            raise UsageError(f"output {path} is a folder; give a file name")
+        _check_name_length(path)
+        _check_writable_parent(path.parent)
+    for given in folders:
+        if given is None:
+            continue
+        folder = Path(given)
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"{folder} is a file; give a folder")
+        if _resolved(folder) in sources:
+            raise UsageError(f"output folder {folder} is also an input")
+        _check_writable_parent(folder)
+
+
+def _resolved(path: str | os.PathLike[str]) -> Path:
+    try:
+        return Path(path).resolve()
+    except (OSError, RuntimeError):  # a symlink loop: compare as written
+        return Path(os.path.abspath(path))
+
+
+def _check_name_length(path: Path) -> None:
+    limit = 255
+    with contextlib.suppress(OSError, ValueError):
+        limit = os.pathconf(_existing_ancestor(path.parent), "PC_NAME_MAX")
+    if len(os.fsencode(path.name)) + 32 > limit:  # the temp file's name is longer
+        raise UsageError(f"file name {path.name[:40]}... is too long for this file system")
+
+
+def _existing_ancestor(folder: Path) -> Path:
+    folder = folder.absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def _check_writable_parent(folder: Path) -> None:
+    """The nearest existing ancestor of `folder` must be a writable folder."""
+    ancestor = _existing_ancestor(folder)
+    if not ancestor.is_dir():
+        raise UsageError(f"cannot write into {folder}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write into {folder}: {ancestor} is not writable")
+
+
+def describe_os_error(err: OSError) -> str:
+    """One line for an OS error: what failed and on which file."""
+    reason = {
+        errno.ENOSPC: "no space left on the device",
+        errno.EROFS: "the file system is read-only",
+        errno.ENAMETOOLONG: "the file name is too long",
+        errno.EDQUOT: "the disk quota is exceeded",
+    }.get(err.errno or 0, err.strerror or str(err))
+    return f"{reason}: {err.filename}" if err.filename else reason
