@@ -1,12 +1,11 @@
 """`rgflow encode` and `rgflow decode`: images <-> latents files, losslessly."""
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from rgflow_cli.io import open_model
+from rgflow_cli.io import echo_json, open_model
 from rgflow_cli.options import (
     AllowLargeOpt,
     BatchOpt,
@@ -54,7 +53,7 @@ def encode(
     written = save_latents(output, model, z, bpd, names)
     if as_json:
         rows = [{"image": n, "bpd": float(b)} for n, b in zip(names, bpd)]
-        typer.echo(json.dumps({"latents": str(written), "images": rows}))
+        echo_json({"latents": str(written), "images": rows})
         return
     for name, b in zip(names, bpd):
         typer.echo(f"{float(b):8.4f} bpd  {name}")

@@ -1,12 +1,11 @@
 """`rgflow info`: what a checkpoint is and where it came from (or the shipped presets)."""
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from rgflow_cli.io import resolve_checkpoint
+from rgflow_cli.io import echo_json, resolve_checkpoint
 from rgflow_cli.options import JsonOpt
 
 UNKNOWN = "unknown (not recorded by the rgflow that wrote this checkpoint)"
@@ -30,12 +29,12 @@ def info(
     if presets:
         _list_presets(as_json)
         return
-    from rgflow_core.checkpoint import read_metadata, strict_json
+    from rgflow_core.checkpoint import read_metadata
 
     path = resolve_checkpoint(checkpoint)
     facts = describe(path, read_metadata(path))
     if as_json:
-        typer.echo(strict_json(facts))
+        echo_json(facts)
         return
     for key, value in facts.items():
         if isinstance(value, dict):
@@ -104,7 +103,7 @@ def _list_presets(as_json: bool) -> None:
             "batch_size": p.train.batch_size,
         }
     if as_json:
-        typer.echo(json.dumps(rows))
+        echo_json(rows)
         return
     for name, row in rows.items():
         typer.echo(f"{name:10s} " + "  ".join(f"{k} {v}" for k, v in row.items()))

@@ -8,7 +8,7 @@ import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -60,6 +60,13 @@ def folder_images(folder: Path, limit: int | None = None) -> list[Path]:
     if not paths:
         raise DataError(f"{folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return paths[: min(limit or MAX_FOLDER_IMAGES, MAX_FOLDER_IMAGES)]
+
+
+def echo_json(value: Any) -> None:
+    """Print one strict JSON object (NaN and infinities as null) on stdout."""
+    from rgflow_core.files import strict_json
+
+    typer.echo(strict_json(value))
 
 
 def write_bytes(data: bytes, path: Path) -> Path:

@@ -76,7 +76,9 @@ def _flags(fn: Callable) -> dict[str, str]:
         if isinstance(info, ArgumentInfo):
             flags[name] = (info.metavar or name.upper()).strip("[].")
         elif isinstance(info, OptionInfo):
-            decls = [d for d in (info.param_decls or ()) if d.startswith("--")]
+            # in Annotated form typer keeps the first flag in `default`
+            given = [info.default, *(info.param_decls or ())]
+            decls = [d for d in given if isinstance(d, str) and d.startswith("--")]
             flags[name] = decls[0] if decls else "--" + name.replace("_", "-")
     return flags
 
@@ -145,7 +147,7 @@ def main() -> None:
 
 
 def _fail(message: str, code: int = 1) -> None:
-    if os.environ.get("RGFLOW_DEBUG"):
+    if os.environ.get("RGFLOW_DEBUG") and sys.exc_info()[0] is not None:
         raise  # noqa: PLE0704 - re-raise the exception being handled, with its traceback
     typer.echo(f"error: {' '.join(message.split())}", err=True)
     sys.exit(code)

@@ -52,7 +52,7 @@ def mix(
     from rgflow_core.mixing import check_scale, mix_panel
 
     if scale is None and not all_scales:
-        raise UsageError("give the cut with --scale S (or use --all-scales)", "scale")
+        raise UsageError("give the cut with --scale S (or use --all-scales)")
     model, _, path = open_model(checkpoint, device, allow_large)
     check_outputs([output, grid], [path, first, second])
     H = model.config.levels

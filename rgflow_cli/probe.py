@@ -1,13 +1,12 @@
 """`rgflow probe`: at which scale each MSDS factor lives, by a linear read-out per level."""
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from rgflow_cli.io import open_model, write_bytes
+from rgflow_cli.io import echo_json, open_model, write_bytes
 from rgflow_cli.options import (
     AllowLargeOpt,
     BatchOpt,
@@ -126,7 +125,7 @@ def probe(
             "chart": str(written),
             "results": rows,
         }
-        typer.echo(json.dumps(payload))
+        echo_json(payload)
         return
     _print_table(rows, name, len(z["train"]), len(z["test"]))
     typer.echo(f"wrote {written}")

@@ -1,12 +1,11 @@
 """`rgflow receptive-field`: where each level's latents act in the image."""
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from rgflow_cli.io import open_model, write_bytes
+from rgflow_cli.io import echo_json, open_model, write_bytes
 from rgflow_cli.options import (
     AllowLargeOpt,
     CheckpointOpt,
@@ -92,7 +91,7 @@ def receptive_field(
     figure = receptive_fields(rf, pos, row_levels, title, cell_inches=0.4 * zoom)
     written = write_bytes(figure, output)
     if as_json:
-        typer.echo(json.dumps({"figure": str(written), "threshold": threshold, "latents": records}))
+        echo_json({"figure": str(written), "threshold": threshold, "latents": records})
         return
     for r in records:
         typer.echo(

@@ -1,13 +1,12 @@
 """`rgflow train` and `rgflow eval`: the CLI over rgflow_core.train and rgflow_core.loop."""
 
-import json
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from rgflow_cli.io import open_model, resolve_checkpoint
+from rgflow_cli.io import echo_json, open_model, resolve_checkpoint
 from rgflow_cli.options import (
     AllowLargeOpt,
     Amp,
@@ -249,7 +248,7 @@ def evaluate(
         raise UsageError(f"the bits per dimension of {path} on this data are not finite (NaN)")
     if as_json:
         figures = {"bpd": bpd, "split": split.value, "images": len(images), "amp": amp.value}
-        typer.echo(json.dumps(figures))
+        echo_json(figures)
     else:
         typer.echo(f"{data_cfg.dataset} {split.value}: {bpd:.4f} bits/dim on {len(images)} images")
 

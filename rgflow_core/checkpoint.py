@@ -11,7 +11,6 @@ shape and dtype must be those the config implies before its data is read.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from torch import nn
 
 from rgflow_core.config import ModelConfig
 from rgflow_core.errors import CheckpointError, ConfigError, RGFlowError
-from rgflow_core.files import atomic_write_bytes
+from rgflow_core.files import atomic_write_bytes, missing_file_reason, strict_json
 from rgflow_core.flow import RGFlow, build_model, check_memory, model_shapes
 
 FORMAT = "rgflow-checkpoint/1"
@@ -51,21 +50,6 @@ def save_model(model: nn.Module, path: str | Path, **metadata: Any) -> Path:
     meta = {"format": FORMAT, "config": json.dumps(model.config.to_dict())}
     meta.update({k: strict_json(v) for k, v in metadata.items()})
     return atomic_write_bytes(path, st_save(tensors, metadata=meta))
-
-
-def strict_json(value: Any, **kwargs: Any) -> str:
-    """JSON text that strict readers accept: NaN and infinities become null."""
-    return json.dumps(_finite(value), allow_nan=False, **kwargs)
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
 
 
 class SafetensorsFile:
@@ -105,13 +89,9 @@ class SafetensorsFile:
 
 
 def _check_is_file(path: Path, what: str, error: type[RGFlowError]) -> None:
-    try:
-        if path.is_dir():
-            raise error(f"{what} {path} is a folder, not a file")
-        if not path.is_file():
-            raise error(f"{what} {path} does not exist")
-    except OSError as err:  # a symlink loop, a name too long, ...
-        raise error(f"{what} {path} cannot be opened: {err.strerror or err}") from err
+    reason = missing_file_reason(path)
+    if reason is not None:
+        raise error(f"{what} {path} {reason}")
 
 
 def read_safetensors(
@@ -170,6 +150,9 @@ def load_model(
             raise CheckpointError(f"{path}: {_shape_mismatch(expected, found)}")
         model = build_model(cfg)
         state = {k: f.tensor(k) for k in expected}
+    bad = next((k for k, v in state.items() if not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise CheckpointError(f"{path}: weight {bad} holds NaN or infinite values")
     model.load_state_dict(state, strict=True)
     return model.to(device)
 

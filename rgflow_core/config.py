@@ -243,8 +243,11 @@ def load_preset(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
 
 
 def _read_file(path: Path) -> str:
-    if path.is_dir():
-        raise ConfigError(f"preset file {path} is a folder, not a YAML file")
+    from rgflow_core.files import missing_file_reason
+
+    reason = missing_file_reason(path)
+    if reason is not None:
+        raise ConfigError(f"preset file {path} {reason}")
     try:
         if path.stat().st_size > MAX_PRESET_BYTES:
             raise ConfigError(f"preset file {path} is larger than 1 MiB; a preset is a few lines")

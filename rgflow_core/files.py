@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
+import math
 import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from rgflow_core.errors import UsageError
 
@@ -149,3 +152,33 @@ def describe_os_error(err: OSError) -> str:
         errno.EDQUOT: "the disk quota is exceeded",
     }.get(err.errno or 0, err.strerror or str(err))
     return f"{reason}: {err.filename}" if err.filename else reason
+
+
+def strict_json(value: Any, **kwargs: Any) -> str:
+    """JSON text that strict readers accept: NaN and infinities become null."""
+    return json.dumps(_finite(value), allow_nan=False, **kwargs)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def missing_file_reason(path: Path) -> str | None:
+    """Why `path` cannot be read as a file (None if it can): it does not exist, it is a
+    folder, or it is a symbolic link that leads nowhere (or in a loop)."""
+    try:
+        if path.is_file():
+            return None
+        if path.is_dir():
+            return "is a folder, not a file"
+        if path.is_symlink():
+            return "is a symbolic link that leads nowhere (or in a loop)"
+        return "does not exist"
+    except OSError as err:
+        return f"cannot be opened ({describe_os_error(err)})"

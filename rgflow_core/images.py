@@ -20,7 +20,7 @@ from torchvision.transforms import functional as TF
 from torchvision.utils import make_grid, save_image
 
 from rgflow_core.errors import DataError
-from rgflow_core.files import atomic_write_bytes
+from rgflow_core.files import atomic_write_bytes, missing_file_reason
 
 MODES = {1: "L", 3: "RGB"}
 MAX_PIXELS = 64 * 2**20  # larger images are refused before they are decoded
@@ -30,8 +30,9 @@ _WIDE_MODES = ("I;16", "I;16B", "I;16L", "I", "F")  # more than 8 bits per pixel
 def open_image(path: str | Path) -> Image.Image:
     """Open and decode an image file, with one clear error for every way it can fail."""
     path = Path(path)
-    if path.is_dir():
-        raise DataError(f"image {path} is a folder, not a file")
+    reason = missing_file_reason(path)
+    if reason is not None:
+        raise DataError(f"image {path} {reason}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -88,9 +89,9 @@ def to_8bit(img: Image.Image) -> Image.Image:
 
 
 def _same(img: Image.Image, want: str) -> bool:
-    """Whether an image of another mode holds exactly `want` content: an opaque RGBA,
-    a palette image, or an RGB image whose channels are equal (for grey)."""
-    if img.mode in _WIDE_MODES or img.mode not in ("RGBA", "P", "LA", "L", "RGB"):
+    """Whether a palette or alpha image holds exactly `want` content: opaque, and for a
+    grey model with equal colour channels."""
+    if img.mode not in ("RGBA", "P", "LA"):
         return False
     if img.mode in ("RGBA", "LA") and img.getchannel("A").getextrema() != (255, 255):
         return False

@@ -19,10 +19,10 @@ import torch
 from safetensors.torch import save as st_save
 from torch import Tensor
 
-from rgflow_core.checkpoint import SafetensorsFile, strict_json
+from rgflow_core.checkpoint import SafetensorsFile
 from rgflow_core.config import ModelConfig
 from rgflow_core.errors import ConfigError, DataError, UsageError
-from rgflow_core.files import atomic_write_bytes
+from rgflow_core.files import atomic_write_bytes, strict_json
 from rgflow_core.flow import RGFlow
 from rgflow_core.geometry import latents_by_level, level_positions
 

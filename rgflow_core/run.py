@@ -31,10 +31,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from rgflow_core.checkpoint import read_metadata, save_model, strict_json
+from rgflow_core.checkpoint import read_metadata, save_model
 from rgflow_core.config import DataConfig, ModelConfig, Preset, load_preset
 from rgflow_core.errors import CheckpointError, RGFlowError, RunLockedError, UsageError
-from rgflow_core.files import atomic_write_bytes, is_temp_file, remove_temp_files
+from rgflow_core.files import atomic_write_bytes, is_temp_file, remove_temp_files, strict_json
 from rgflow_core.loop import Progress
 
 STATE_FORMAT = "rgflow-state/2"

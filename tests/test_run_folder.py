@@ -1,0 +1,163 @@
+"""A run folder survives kills at every write, has one owner, refuses silent changes of
+course, and trusts no state file it cannot check."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from test_train import fit, same_weights, tiny_data, tiny_preset
+
+from rgflow_core.errors import CheckpointError, RunLockedError, UsageError
+from rgflow_core.run import RunFolder
+
+
+class SimulatedKill(BaseException):
+    """Stands for SIGKILL: nothing may catch it on the way out."""
+
+
+def count_replaces(monkeypatch) -> dict:
+    """Count (and optionally fail) the renames that finish every atomic write."""
+    real = os.replace
+    state = {"calls": 0, "fail_at": None, "paths": []}
+
+    def replace(src, dst, *args, **kwargs):
+        state["calls"] += 1
+        state["paths"].append(os.path.basename(dst))
+        if state["calls"] == state["fail_at"]:
+            raise SimulatedKill(dst)
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    return state
+
+
+def complete(run, epochs: int) -> None:
+    """Every file the finished run should hold, and no temp file."""
+    names = {p.name for p in (run / "checkpoints").iterdir()}
+    assert names == {"state.pt", "last.safetensors"} | {
+        f"epoch-{e:04d}.safetensors" for e in range(1, epochs + 1)
+    }
+    metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == list(range(1, epochs + 1))
+    for e in range(1, epochs + 1):
+        assert (run / f"samples/epoch-{e:04d}.png").is_file()
+        assert f"epoch {e}/{epochs}  step" in (run / "train.log").read_text()
+    assert (run / "curves.png").is_file() and (run / "config.yaml").is_file()
+    leftovers = [p for p in run.rglob("*") if p.name.endswith(".tmp")]
+    assert not leftovers, leftovers
+
+
+def test_a_kill_at_every_write_of_a_run_is_repaired_by_the_next_start(tmp_path, monkeypatch):
+    preset, data = tiny_preset(keep_checkpoints=0), tiny_data()
+    counter = count_replaces(monkeypatch)
+    fit(preset, data, tmp_path / "straight")
+    writes = counter["paths"]
+    assert writes.count("state.pt") == 2 and writes.count("last.safetensors") == 2
+    complete(tmp_path / "straight", 2)
+    for k in range(1, len(writes) + 1):
+        run = tmp_path / f"killed-{k}"
+        counter.update(calls=0, fail_at=k)
+        with pytest.raises(SimulatedKill):
+            fit(preset, data, run)
+        counter.update(fail_at=None)
+        (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (run / "checkpoints" / ".state.pt.x1y2.tmp").write_bytes(b"half a file")
+        fit(preset, data, run)  # the same command again
+        complete(run, 2)
+        assert same_weights(
+            tmp_path / "straight/checkpoints/last.safetensors", run / "checkpoints/last.safetensors"
+        ), f"kill at write {k} ({writes[k - 1]})"
+
+
+def test_a_leftover_temp_file_is_not_a_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / ".state.pt.abcd.tmp").write_bytes(b"x" * 100)
+    fit(tiny_preset(epochs=1), tiny_data(), run)
+    complete(run, 1)
+
+
+def test_a_finished_run_rebuilds_what_is_missing(tmp_path):
+    run = tmp_path / "run"
+    fit(tiny_preset(), tiny_data(), run)
+    last = (run / "checkpoints/last.safetensors").read_bytes()
+    for name in ("checkpoints/last.safetensors", "samples/epoch-0002.png", "curves.png"):
+        (run / name).unlink()
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text(lines[0] + "\n")
+    fit(tiny_preset(), tiny_data(), run)
+    complete(run, 2)
+    assert same_weights(
+        run / "checkpoints/epoch-0002.safetensors", run / "checkpoints/last.safetensors"
+    )
+    assert len((run / "checkpoints/last.safetensors").read_bytes()) == len(last)
+
+
+def test_two_trainers_cannot_share_a_run_folder(tmp_path):
+    holder, rival = RunFolder(tmp_path / "run"), RunFolder(tmp_path / "run")
+    with holder.open(), pytest.raises(RunLockedError, match=f"in use by process {os.getpid()}"):
+        rival.open().__enter__()
+    with RunFolder(tmp_path / "run").open():  # released: free again
+        pass
+
+
+def test_a_run_that_writes_nothing_leaves_no_folder(tmp_path):
+    with pytest.raises(UsageError), RunFolder(tmp_path / "runs" / "new").open():
+        raise UsageError("the data could not be loaded")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_resuming_with_other_settings_is_refused_then_recorded(tmp_path):
+    run, data = tmp_path / "run", tiny_data()
+    fit(tiny_preset(epochs=1), data, run)
+    with pytest.raises(UsageError, match=r"lr 0\.01 -> 0\.02, seed 0 -> 3.*allow_changes"):
+        fit(tiny_preset(epochs=2, lr=0.02, seed=3), data, run)
+    fit(tiny_preset(epochs=2, lr=0.02, seed=3), data, run, allow_changes=True)
+    config = (run / "config.yaml").read_text()
+    assert "# at epoch 1, step 4: epochs 1 -> 2, lr 0.01 -> 0.02, seed 0 -> 3" in config
+    assert "lr: 0.02" in config
+    state = torch.load(run / "checkpoints/state.pt", weights_only=True)
+    assert state["changes"][0]["changes"]["lr"] == [0.01, 0.02] or state["changes"][0]["changes"][
+        "lr"
+    ] == (0.01, 0.02)
+    # settings that do not change the run's course need no permission
+    fit(tiny_preset(epochs=2, lr=0.02, seed=3, keep_checkpoints=1), data, run)
+
+
+def _state(run):
+    return torch.load(run / "checkpoints/state.pt", weights_only=True)
+
+
+@pytest.mark.parametrize(
+    ("spoil", "message"),
+    [
+        (lambda s: [1, 2, 3], "holds no mapping"),
+        (lambda s: {**s, "progress": {**s["progress"], "batch": -4}}, "counter batch is -4"),
+        (lambda s: {k: v for k, v in s.items() if k != "optimizer"}, "no 'optimizer'"),
+        (
+            lambda s: {**s, "model": {**s["model"], next(iter(s["model"])): torch.zeros(3)}},
+            "wrong shape",
+        ),
+    ],
+)
+def test_a_state_that_does_not_fit_is_refused(tmp_path, spoil, message):
+    run = tmp_path / "run"
+    fit(tiny_preset(epochs=1), tiny_data(), run)
+    torch.save(spoil(_state(run)), run / "checkpoints/state.pt")
+    with pytest.raises(CheckpointError, match=message):
+        fit(tiny_preset(), tiny_data(), run)
+
+
+def test_an_optimizer_state_of_the_wrong_shape_is_refused_before_it_is_used(tmp_path):
+    # loaded as it is, such a state crashes the fused AdamW step with a segmentation fault
+    run = tmp_path / "run"
+    fit(tiny_preset(epochs=1), tiny_data(), run)
+    state = _state(run)
+    entry = state["optimizer"]["state"][0]
+    entry["exp_avg"] = torch.zeros(entry["exp_avg"].numel() + 5)
+    torch.save(state, run / "checkpoints/state.pt")
+    with pytest.raises(CheckpointError, match="optimizer entry exp_avg of parameter 0"):
+        fit(tiny_preset(), tiny_data(), run)
