@@ -7,7 +7,8 @@ Every config checks its own values when it is made, whether from a preset, an ov
 a checkpoint's metadata or Python: a wrong type or an out-of-range value is a
 `ConfigError` that names the key, and an unknown key names the closest valid one.
 
-This module imports neither torch nor the model, so that listing presets is instant.
+This module imports neither torch, the model nor yaml at the top, so that the command
+line's `--help` (which lists the presets) is instant.
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from rgflow_core.errors import ConfigError
 
@@ -164,6 +163,8 @@ class Preset:
 
     def to_yaml(self) -> str:
         """The resolved preset as YAML text, as a run folder's config.yaml holds it."""
+        import yaml
+
         header = f"# resolved preset {self.name!r}\n"
         return header + yaml.safe_dump(self.to_flat(), sort_keys=False)
 
@@ -262,6 +263,8 @@ def _read_file(path: Path) -> str:
 
 def _safe_yaml(text: str, what: str) -> Any:
     """YAML text -> Python values, any failure (even a nesting too deep) a ConfigError."""
+    import yaml  # here, not at the top: listing presets should not pay for it
+
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as err:
