@@ -158,16 +158,19 @@ def traverse(
     with progress_bar("decoding", z.shape[0] * z.shape[1]) as advance:
         flat = decode_images(model, z.flatten(0, 1), progress=advance)
     images = flat.view(z.shape[:2] + base.shape)
-    names = [f"latent {c},{i},{j}" for c, i, j in latents]
+    names = [f"{c},{i},{j}" for c, i, j in latents]
     steps = torch.linspace(-extent, extent, frames).tolist()
     gif_frames = [_grid(images[:, f], zoom) for f in range(frames)]
     gif = write_gif(gif_frames + gif_frames[-2:0:-1], output, fps)
-    title = f"level {level}: one latent varied from -{extent:g} to +{extent:g} std, the rest fixed"
+    title = (
+        f"level {level}: one latent (channel,row,column) varied from -{extent:g} to "
+        f"+{extent:g} std, the rest fixed"
+    )
     columns = [f"{v:+.1f}σ" for v in steps]
     figure = image_panel([list(r) for r in images], names, columns, title, cell_inches=0.2 * zoom)
     strip_path = write_bytes(figure, strip)
     for name, (c, i, j) in zip(names, latents):
-        typer.echo(f"level {level} {name}: mean {mean[c, i, j]:+.3f} std {std[c, i, j]:.3f}")
+        typer.echo(f"level {level} latent {name}: mean {mean[c, i, j]:+.3f} std {std[c, i, j]:.3f}")
     typer.echo(f"wrote {gif}")
     typer.echo(f"wrote {strip_path}")
 

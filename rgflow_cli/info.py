@@ -8,7 +8,7 @@ import typer
 from rgflow_cli.io import echo_json, resolve_checkpoint
 from rgflow_cli.options import JsonOpt
 
-UNKNOWN = "unknown (not recorded by the rgflow that wrote this checkpoint)"
+UNKNOWN = "unknown"  # not recorded by the rgflow that wrote the checkpoint
 
 
 def info(
@@ -76,6 +76,11 @@ def describe(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
             "versions": meta.get("versions", UNKNOWN),
         },
         "settings": meta.get("settings", UNKNOWN),
+        **(
+            {"note": "written by an rgflow that did not record where the model came from"}
+            if "versions" not in meta
+            else {}
+        ),
     }
 
 

@@ -6,6 +6,7 @@ traceback, every input file unchanged, and nothing written where the command ran
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -317,3 +318,15 @@ def test_bad_input_is_one_line_and_harms_nothing(case, inputs, tmp_path, monkeyp
 def test_the_decompression_bomb_is_refused_before_decoding(inputs, run_main):
     code, output = run_main("encode", "-c", inputs["ckpt"], inputs["bomb"], "--resize")
     assert code == 1 and "more than this tool reads" in output
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_temp_file(inputs, tmp_path, monkeypatch, run_main):
+    monkeypatch.chdir(tmp_path)
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    code, output = run_main("sample", "-c", inputs["ckpt"], "-n", "2", "-o", "s.png")
+    assert code == 1 and output.strip() == "error: no space left on the device"
+    assert not list(tmp_path.iterdir())

@@ -237,7 +237,9 @@ def test_receptive_field_cli_json(ckpts, tmp_path):
     out = _ok([*args, "--json", "--per-level", "2", "--zoom", "2"])
     report = json.loads(out)
     assert {r["level"] for r in report["latents"]} == {0, 1, 2}
-    assert len(report["latents"]) == 6 and (tmp_path / "rf.png").is_file()
+    assert len(report["latents"]) == 6
+    with Image.open(tmp_path / "rf.png") as figure:  # three rows of two fields, a colour bar
+        assert figure.size[0] >= 2 * 60 + 100 and figure.size[1] >= 3 * 60
     mean = {
         h: np.mean([r["extent"] for r in report["latents"] if r["level"] == h]) for h in range(3)
     }
