@@ -22,7 +22,9 @@ from typer.models import ArgumentInfo, OptionInfo
 from rgflow_cli import (
     bench,
     codec,
+    explore,
     factors,
+    fidelity,
     info,
     inpaint,
     make_msds,
@@ -33,7 +35,7 @@ from rgflow_cli import (
     train,
 )
 from rgflow_core import __version__
-from rgflow_core.errors import RGFlowError
+from rgflow_core.errors import Interrupted, RGFlowError
 from rgflow_core.files import describe_os_error
 
 app = typer.Typer(
@@ -109,6 +111,7 @@ for _name, _fn in {
     "encode": codec.encode,
     "decode": codec.decode,
     "mix": mix.mix,
+    "mix-fidelity": fidelity.mix_fidelity,
     "receptive-field": receptive_field.receptive_field,
     "traverse": factors.traverse,
     "walk": factors.walk,
@@ -117,6 +120,7 @@ for _name, _fn in {
     "info": info.info,
     "make-msds": make_msds.make_msds,
     "bench": bench.bench,
+    "explore": explore.explore,
 }.items():
     _command(_name, _fn)
 
@@ -126,6 +130,8 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except (CommandError, RGFlowError) as err:
+        if isinstance(err.__cause__ or err, Interrupted):  # a stop the user asked for
+            _fail(str(err), code=130, prefix="")
         _fail(str(err))
     except OSError as err:
         _fail(describe_os_error(err))
@@ -146,10 +152,10 @@ def main() -> None:
             sys.exit(code)
 
 
-def _fail(message: str, code: int = 1) -> None:
+def _fail(message: str, code: int = 1, prefix: str = "error: ") -> None:
     if os.environ.get("RGFLOW_DEBUG") and sys.exc_info()[0] is not None:
         raise  # noqa: PLE0704 - re-raise the exception being handled, with its traceback
-    typer.echo(f"error: {' '.join(message.split())}", err=True)
+    typer.echo(prefix + " ".join(message.split()), err=True)
     sys.exit(code)
 
 

@@ -39,6 +39,7 @@ import functools
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import zlib
 from collections.abc import Callable, Iterator
@@ -330,8 +331,14 @@ def _run(fn: Callable[..., object], tasks: list[tuple], workers: int) -> Iterato
     # fork, where it is safe: the workers need only numpy and PIL, while spawning would
     # re-import this package and torch (seconds per worker). torch's DataLoader does the same.
     method = "fork" if sys.platform == "linux" else None
-    with multiprocessing.get_context(method).Pool(workers) as pool:
+    with multiprocessing.get_context(method).Pool(workers, initializer=_ignore_sigint) as pool:
         yield from pool.imap_unordered(_star, ((fn, task) for task in tasks))
+
+
+def _ignore_sigint() -> None:
+    # Ctrl-C reaches every process of the terminal's group: the parent stops the pool and
+    # reports it; the workers would each print a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _star(fn_task: tuple[Callable[..., object], tuple]) -> object:

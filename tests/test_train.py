@@ -355,3 +355,17 @@ def test_cli_train_bad_input_is_one_line(tmp_path, monkeypatch, run_main, args, 
     lines = [line for line in out.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0], out
     assert not (tmp_path / "runs").exists()
+
+
+def test_cli_stop_saves_the_state_and_exits_130(tmp_path, monkeypatch, run_main):
+    monkeypatch.chdir(tmp_path)
+    _write_folder(tmp_path / "imgs", n=16)
+    (tmp_path / "tiny.yaml").write_text(json.dumps({**TINY, "epochs": 1}))
+    args = ["train", "--preset", "tiny.yaml", "--data-root", "imgs", "-q"]
+    with monkeypatch.context() as patch:  # as if Ctrl-C came before the first step
+        patch.setattr("rgflow_cli.train.RichHooks.stop_requested", lambda self: True)
+        code, out = run_main(*args)
+    assert code == 130 and out.strip().startswith("interrupted at epoch 1, step 0; state saved")
+    assert (tmp_path / "runs/tiny/checkpoints/state.pt").is_file()
+    code, out = run_main(*args)
+    assert code == 0 and "done: test bpd" in out
