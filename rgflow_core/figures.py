@@ -21,7 +21,7 @@ def _pyplot():
 
 def _png(fig) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=fig.dpi, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=fig.dpi)  # constrained layout: one draw, not two
     _pyplot().close(fig)
     return buf.getvalue()
 
@@ -32,7 +32,7 @@ def training_curves(history: list[dict[str, Any]], batch_size: int, title: str =
     Records without an `images` count (written before it existed) use step x batch size.
     """
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100, layout="constrained")
     images = [r.get("images", r.get("step", 0) * batch_size) for r in history]
     for key, label, marker in (("train_bpd", "train", "o"), ("test_bpd", "test", "s")):
         values = [r.get(key) for r in history]
@@ -69,6 +69,7 @@ def image_panel(
         figsize=(cell_inches * n_cols + 0.8, cell_inches * n_rows + 0.6),
         dpi=100,
         squeeze=False,
+        layout="constrained",
     )
     for r, row in enumerate(rows):
         for c in range(n_cols):
@@ -85,7 +86,6 @@ def image_panel(
                 ax.set_ylabel(row_labels[r], fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     return _png(fig)
 
 
@@ -104,7 +104,7 @@ def receptive_fields(
     fig, axes = plt.subplots(
         len(chosen), per_row,
         figsize=(cell_inches * per_row + 1.2, cell_inches * len(chosen) + 0.6),
-        dpi=100, squeeze=False,
+        dpi=100, squeeze=False, layout="constrained",
     )  # fmt: skip
     image = None
     for r, h in enumerate(chosen):
@@ -138,7 +138,7 @@ def probe_chart(rows: list[dict[str, Any]], title: str = "") -> bytes:
     plt = _pyplot()
     groups = list(dict.fromkeys(r["level"] for r in rows))
     targets = list(dict.fromkeys(r["target"] for r in rows))
-    fig, ax = plt.subplots(figsize=(1.2 * len(groups) + 2.5, 3.6), dpi=100)
+    fig, ax = plt.subplots(figsize=(1.2 * len(groups) + 2.5, 3.6), dpi=100, layout="constrained")
     width = 0.8 / len(targets)
     for t, target in enumerate(targets):
         values = {r["level"]: r["r2_test"] for r in rows if r["target"] == target}
