@@ -21,7 +21,7 @@ _EXPORTS = {
     "errors": ("CheckpointError", "ConfigError", "DataError", "RGFlowError", "UsageError"),
     "flow": ("RGFlow", "build_model"),
     "geometry": ("causal_cone", "cone_latents", "generator_cone", "latent_levels"),
-    "inpaint": ("ConeLogProb", "inpaint"),
+    "inpaint": ("ConeLogProb",),  # the function `inpaint` shares its module's name: import it
     "latents": ("load_latents", "save_latents"),
     "mixing": ("mix_latents",),
     "preprocess": ("Preprocess", "bits_per_dim", "dequantize", "image_bpd", "quantize"),
@@ -65,7 +65,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     )
     from rgflow_core.flow import RGFlow, build_model
     from rgflow_core.geometry import causal_cone, cone_latents, generator_cone, latent_levels
-    from rgflow_core.inpaint import ConeLogProb, inpaint
+    from rgflow_core.inpaint import ConeLogProb
     from rgflow_core.latents import load_latents, save_latents
     from rgflow_core.mixing import mix_latents
     from rgflow_core.preprocess import Preprocess, bits_per_dim, dequantize, image_bpd, quantize

@@ -9,6 +9,7 @@ multiplication on this machine.
 from __future__ import annotations
 
 import resource
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -18,12 +19,13 @@ from functools import partial
 import torch
 
 from rgflow_core.checks import check_int
+from rgflow_core.cone import ConeLogProb, full_log_prob
 from rgflow_core.config import ModelConfig
 from rgflow_core.coupling import SUBNETS
 from rgflow_core.device import synchronize
 from rgflow_core.flow import build_model
 from rgflow_core.geometry import num_levels
-from rgflow_core.inpaint import ConeLogProb, full_log_prob
+from rgflow_core.inpaint import inpaint
 from rgflow_core.preprocess import dequantize, image_bpd
 
 Say = Callable[[str], None]
@@ -194,16 +196,23 @@ def extend_config(cfg: ModelConfig, image_size: int) -> ModelConfig:
     return replace(cfg, image_size=image_size, n_layers=n_layers)
 
 
+LOOP_STEPS = (5, 45)  # inpaint() runs whose time difference gives the cost of 40 steps
+LOOP_REPEATS = 3
+
+
 @dataclass
 class InpaintBenchRow:
-    """One image size of `rgflow bench --inpaint`."""
+    """One image size of `rgflow bench --inpaint`. The loop figures time `inpaint()` itself,
+    as the command runs it: Adam, clamping, annealed noise and a progress callback per step."""
 
     image_size: int
     levels: int
     cone_blocks: int
     full_blocks: int
-    cone_ms_per_step: float
-    full_ms_per_step: float
+    cone_ms_per_step: float  # forward + backward + Adam on the cone alone
+    full_ms_per_step: float  # the same on the whole image (NaN when not measured)
+    loop_ms_per_step: float  # inpaint(): one more step of its loop
+    loop_setup_ms: float  # inpaint(): its one-off work (cached pass over the image, start, end)
 
 
 def _ascent_step(objective: Callable[[torch.Tensor], torch.Tensor], param: torch.Tensor):
@@ -235,6 +244,30 @@ def _time(fn: Callable[[], None], device: torch.device, budget_s: float, max_rep
     return sorted(times)[len(times) // 2]
 
 
+def _time_loop(
+    run: Callable[[int], None], device: torch.device, steps: tuple[int, int], repeats: int
+) -> tuple[float, float]:
+    """Seconds per step and fixed seconds of `run(n)` (n steps): the difference of the times
+    of `steps[1]` and `steps[0]` steps over their difference, and what remains of the
+    shorter run; medians over `repeats` pairs, each pair run back to back so that a shared
+    machine's slow spells fall on both of its runs."""
+    low, high = steps
+    run(1)  # warm-up
+    per_step, fixed = [], []
+    for _ in range(repeats):
+        times = []
+        for n in (low, high):
+            synchronize(device)
+            start = time.perf_counter()
+            run(n)
+            synchronize(device)
+            times.append(time.perf_counter() - start)
+        step = (times[1] - times[0]) / (high - low)
+        per_step.append(step)
+        fixed.append(times[0] - low * step)
+    return statistics.median(per_step), statistics.median(fixed)
+
+
 def bench_inpaint(
     cfg: ModelConfig,
     sizes: list[int],
@@ -244,18 +277,31 @@ def bench_inpaint(
     budget_s: float = 1.0,
     max_reps: int = 50,
     full: bool = True,
+    loop_steps: tuple[int, int] = LOOP_STEPS,
+    loop_repeats: int = LOOP_REPEATS,
+    step_progress: Callable[[int], None] | None = None,
     progress: Say = _quiet,
 ) -> list[InpaintBenchRow]:
-    """Time one inpainting step (forward + backward + Adam) on the cone vs the whole image.
+    """Time one inpainting step on the cone vs the whole image, and `inpaint()`'s own loop.
 
     For each size L, `cfg`'s architecture extended to L (see `extend_config`) is built
     with random, perturbed gains, and a centred `hole` x `hole` square is filled.
+
+    Arguments:
+        loop_steps: the two step counts whose times' difference gives the loop's cost.
+        loop_repeats: pairs of timed `inpaint()` runs (the median is kept).
+        step_progress: the per-step callback handed to `inpaint()` (the command's progress
+            bar, say); the default does nothing.
     """
     device = torch.device(device)
-    rows = []
-    for L in sizes:
+    check_int("loop_repeats", loop_repeats, 1, 100)
+    low = check_int("loop_steps", loop_steps[0], 1, 100_000)
+    check_int("loop_steps", loop_steps[1], low + 1, 100_000)
+    for L in sizes:  # all checked before any work
         check_int("sizes", L, cfg.kernel_size, 1024)
         check_int("hole", hole, 1, L)
+    rows = []
+    for L in sizes:
         sub = extend_config(cfg, L)
         model = _random_model(sub, device).eval().requires_grad_(False)
         mask = torch.zeros(L, L, dtype=torch.bool)
@@ -274,6 +320,15 @@ def bench_inpaint(
             progress(f"L={L}: full-image steps")
             step = _ascent_step(partial(full_log_prob, model), y_full)
             full_s = _time(step, device, budget_s, max_reps)
+
+        def run(steps: int, model=model, image=image, mask=mask) -> None:
+            # noise > 0, so that each step also draws and adds its noise, as --noise does
+            generator = torch.Generator().manual_seed(0)
+            inpaint(model, image, mask, steps=steps, noise=0.1, generator=generator,
+                    progress=step_progress)  # fmt: skip
+
+        progress(f"L={L}: the inpaint() loop")
+        loop_s, setup_s = _time_loop(run, device, loop_steps, loop_repeats)
         rows.append(
             InpaintBenchRow(
                 image_size=L,
@@ -282,6 +337,8 @@ def bench_inpaint(
                 full_blocks=cone.stats.full_blocks,
                 cone_ms_per_step=1e3 * cone_s,
                 full_ms_per_step=1e3 * full_s,
+                loop_ms_per_step=1e3 * loop_s,
+                loop_setup_ms=1e3 * setup_s,
             )
         )
     return rows
