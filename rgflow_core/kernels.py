@@ -177,11 +177,14 @@ def residual_mlp_backward(
     weights: list[Tensor],
     betas: list[Tensor],
     spec: MLPSpec,
+    params: bool = True,
 ) -> tuple[Tensor, list[Tensor], list[Tensor], list[Tensor]]:
     """Gradients of `residual_mlp` from the gradient of its output and its `saved` tensors.
 
     Returns:
-        gradients of x, of the weights, of the biases and of the betas.
+        gradients of x, of the weights, of the biases and of the betas (None for the
+        parameters when `params` is False: frozen weights, as when inpainting, cost only
+        the gradient of x).
     """
     n_linear = len(weights) // spec.n_res
     n = len(weights)
@@ -192,13 +195,15 @@ def residual_mlp_backward(
         g = grad  # gradient of the block's output, then of each Linear's input
         for i in reversed(range(r * n_linear, (r + 1) * n_linear)):
             h, sig = saved[2 * i], saved[2 * i + 1]
-            grad_w[i] = torch.bmm((h * sig).transpose(1, 2), g)
-            grad_b[i] = g.sum(1, keepdim=True)
+            if params:
+                grad_w[i] = torch.bmm((h * sig).transpose(1, 2), g)
+                grad_b[i] = g.sum(1, keepdim=True)
             g_swish = torch.bmm(g, weights[i].transpose(1, 2))
             # swish = h * sig, sig = sigmoid(beta * h): with q = g_swish * sig' * h,
             # d/dh = g_swish * sig + beta * q and d/dbeta = q * h
             q = torch.ops.aten.sigmoid_backward(g_swish, sig).mul_(h)
-            grad_beta[i] = (q * h).sum(1, keepdim=True)
+            if params:
+                grad_beta[i] = (q * h).sum(1, keepdim=True)
             g = torch.addcmul(g_swish.mul_(sig), q, betas[i])
         shared = spec.overlap(cols, out_cols)
         if shared is not None:  # the residual connection
@@ -230,7 +235,7 @@ class ResidualMLPFunction(torch.autograd.Function):
         tensors = ctx.saved_tensors
         weights, betas, saved = tensors[:n], tensors[n : 2 * n], tensors[2 * n :]
         grad_x, grad_w, grad_b, grad_beta = residual_mlp_backward(
-            grad.contiguous(), list(saved), weights, betas, ctx.spec
+            grad.contiguous(), list(saved), weights, betas, ctx.spec, any(ctx.needs_input_grad[2:])
         )
         return grad_x, None, *grad_w, *grad_b, *grad_beta
 
@@ -306,9 +311,9 @@ class CouplingFunction(torch.autograd.Function):
         grad_old = grad_move * e  # gradient of the input `move`
         grad_s = torch.addcmul(grad_ladj.unsqueeze(1), grad_old, move)
         grad_u = torch.stack([torch.ops.aten.tanh_backward(grad_s, s), grad_move])
-        grad_gain = (grad_u * st).sum(1, keepdim=True)
+        grad_gain = (grad_u * st).sum(1, keepdim=True) if ctx.needs_input_grad[2] else None
         grad_cond, grad_w, grad_b, grad_beta = residual_mlp_backward(
-            grad_u.mul_(gain), saved, weights, betas, ctx.spec
+            grad_u.mul_(gain), saved, weights, betas, ctx.spec, any(ctx.needs_input_grad[4:])
         )
         return grad_cond, grad_old, grad_gain, None, *grad_w, *grad_b, *grad_beta
 
