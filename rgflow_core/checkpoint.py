@@ -22,9 +22,10 @@ from torch import nn
 from rgflow_core.config import ModelConfig
 from rgflow_core.errors import CheckpointError, ConfigError, RGFlowError
 from rgflow_core.files import atomic_write_bytes, missing_file_reason, strict_json
-from rgflow_core.flow import RGFlow, build_model, check_memory, model_shapes
+from rgflow_core.flow import RGFlow, build_model, check_memory
 
 FORMAT = "rgflow-checkpoint/1"
+_DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.int64: "I64"}  # safetensors names
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -143,12 +144,12 @@ def load_model(
     """
     with SafetensorsFile(path) as f:
         cfg = _rgflow_metadata(f)["config"]
-        check_memory(cfg, device, allow_large=allow_large)
-        expected = model_shapes(cfg)
+        check_memory(cfg, device, allow_large=allow_large)  # before anything is built
+        model = build_model(cfg)
+        expected = {k: (tuple(v.shape), _DTYPES[v.dtype]) for k, v in model.state_dict().items()}
         found = {k: (shape, f.dtypes[k]) for k, shape in f.shapes.items()}
         if found != expected:
             raise CheckpointError(f"{path}: {_shape_mismatch(expected, found)}")
-        model = build_model(cfg)
         state = {k: f.tensor(k) for k in expected}
     bad = next((k for k, v in state.items() if not bool(torch.isfinite(v).all())), None)
     if bad is not None:

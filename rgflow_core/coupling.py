@@ -15,8 +15,9 @@ The code below is the plain reference; each layer's `kernel` attribute ("fast" b
 runs the same maths through `rgflow_core.kernels` instead.
 
 `SUBNETS` is the registry of block bijectors: the config accepts its names, the model is
-built from it, and the benchmark counts FLOPs with each class's `macs`. A new subnet is a
-class with the constructor and `macs` of these two, added to `SUBNETS`.
+built from it, its size is known before it is built (`parameters`), and the benchmark
+counts FLOPs with each class's `macs`. A new subnet is a class with the constructor,
+`parameters` and `macs` of these two, added to `SUBNETS`.
 
 References: Dinh et al., "Density estimation using Real NVP", arXiv:1605.08803;
 Germain et al., "MADE", arXiv:1502.03509; Hu et al., "RG-Flow", arXiv:2010.00029.
@@ -36,7 +37,7 @@ from rgflow_core.nets import ResidualMLP
 def checkerboard_order(channels: int, kernel_size: int) -> Tensor:
     """Permutation of the C*K*K block features putting the checkerboard A = {(i+j) even} first."""
     K = kernel_size
-    ij = torch.arange(K, device="cpu")  # also when models are built on the meta device
+    ij = torch.arange(K)
     black = ((ij.view(K, 1) + ij.view(1, K)) % 2 == 0).expand(channels, K, K).flatten()
     return torch.cat([black.nonzero().flatten(), (~black).nonzero().flatten()])
 
@@ -45,6 +46,14 @@ def _mlp_macs(features: int, hidden: int, n_res: int, n_mlp: int) -> int:
     """Multiply-adds of one residual MLP on one row."""
     widths = [features] + [hidden] * n_mlp + [features]
     return n_res * sum(a * b for a, b in zip(widths[:-1], widths[1:]))
+
+
+def _layer_parameters(features: int, hidden: int, n_res: int, n_mlp: int) -> int:
+    """Parameters of one layer: two stacked residual MLPs (direction v, norm g, bias and
+    Swish beta per Linear) and the gains of s and t."""
+    widths = [features] + [hidden] * n_mlp + [features]
+    per_net = n_res * sum(i * o + 2 * o + i for i, o in zip(widths[:-1], widths[1:]))
+    return 2 * per_net + 2 * features
 
 
 class CouplingLayer(nn.Module):
@@ -115,6 +124,11 @@ class RNVPBlock(nn.Module):
             CouplingLayer(features, hidden, n_res, n_mlp) for _ in range(n_layers)
         )
         self.checkpointing = False
+
+    @staticmethod
+    def parameters(features: int, hidden: int, n_res: int, n_mlp: int, n_layers: int) -> int:
+        """Number of parameters, computed without building the block."""
+        return n_layers * _layer_parameters(features, hidden, n_res, n_mlp)
 
     @staticmethod
     def macs(features: int, hidden: int, n_res: int, n_mlp: int, n_layers: int) -> int:
@@ -218,6 +232,11 @@ class ARBlock(nn.Module):
             ARLayer(features, hidden, n_res, n_mlp, reverse=bool(i % 2)) for i in range(n_layers)
         )
         self.checkpointing = False
+
+    @staticmethod
+    def parameters(features: int, hidden: int, n_res: int, n_mlp: int, n_layers: int) -> int:
+        """Number of parameters, computed without building the block."""
+        return n_layers * _layer_parameters(features, hidden, n_res, n_mlp)
 
     @staticmethod
     def macs(features: int, hidden: int, n_res: int, n_mlp: int, n_layers: int) -> int:

@@ -231,23 +231,15 @@ def build_model(cfg: ModelConfig) -> RGFlow:
 
 # --- size, before anything is allocated ---------------------------------------------------
 
-_DTYPE_NAMES = {torch.float32: "F32", torch.float64: "F64", torch.int64: "I64"}
-
-
-def model_shapes(cfg: ModelConfig) -> dict[str, tuple[tuple[int, ...], str]]:
-    """Name -> (shape, safetensors dtype) of every tensor in the model's state dict.
-
-    The model is built on the meta device, which allocates no memory.
-    """
-    with torch.device("meta"):
-        model = RGFlow(cfg)
-    return {k: (tuple(v.shape), _DTYPE_NAMES[v.dtype]) for k, v in model.state_dict().items()}
-
 
 def parameter_count(cfg: ModelConfig) -> int:
-    """Number of trainable parameters of the model `cfg` describes."""
-    with torch.device("meta"):
-        return sum(p.numel() for p in RGFlow(cfg).parameters())
+    """Number of trainable parameters of the model `cfg` describes, without building it."""
+    block = SUBNETS[cfg.subnet]
+    features = cfg.channels * cfg.kernel_size**2
+    per_level = (
+        block.parameters(features, cfg.n_hidden, cfg.n_res, cfg.n_mlp, n) for n in cfg.n_layers
+    )
+    return 2 * sum(per_level)  # disentangler + decimator
 
 
 def memory_needed(cfg: ModelConfig, batch_size: int = 0) -> int:

@@ -113,3 +113,20 @@ def test_corrupt_and_foreign_checkpoints(tmp_path):
 
 def test_float_keys_accept_exponent_strings():
     assert load_preset("quick", parse_overrides(["lr=3e-4"])).train.lr == 3e-4
+
+
+@pytest.mark.parametrize("subnet", ["rnvp", "ar"])
+@pytest.mark.parametrize(
+    "size",
+    [
+        dict(image_size=8, kernel_size=2, n_layers=(2, 1, 1)),
+        dict(image_size=8, kernel_size=2, n_layers=(1, 1, 1), channels=1, n_mlp=1, n_res=3),
+        dict(image_size=16, kernel_size=4, n_layers=(1, 2, 1), n_hidden=7),
+    ],
+)
+def test_the_model_size_is_known_before_it_is_built(subnet, size):
+    from rgflow_core.config import ModelConfig
+    from rgflow_core.flow import parameter_count
+
+    cfg = ModelConfig(**size, subnet=subnet)
+    assert parameter_count(cfg) == sum(p.numel() for p in build_model(cfg).parameters())
