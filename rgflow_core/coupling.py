@@ -15,9 +15,9 @@ The code below is the plain reference; each layer's `kernel` attribute ("fast" b
 runs the same maths through `rgflow_core.kernels` instead.
 
 `SUBNETS` is the registry of block bijectors: the config accepts its names, the model is
-built from it, its size is known before it is built (`parameters`), and the benchmark
+built from it, its size is known before it is built (`count_parameters`), and the benchmark
 counts FLOPs with each class's `macs`. A new subnet is a class with the constructor,
-`parameters` and `macs` of these two, added to `SUBNETS`.
+`count_parameters` and `macs` of these two, added to `SUBNETS`.
 
 References: Dinh et al., "Density estimation using Real NVP", arXiv:1605.08803;
 Germain et al., "MADE", arXiv:1502.03509; Hu et al., "RG-Flow", arXiv:2010.00029.
@@ -126,7 +126,7 @@ class RNVPBlock(nn.Module):
         self.checkpointing = False
 
     @staticmethod
-    def parameters(features: int, hidden: int, n_res: int, n_mlp: int, n_layers: int) -> int:
+    def count_parameters(features: int, hidden: int, n_res: int, n_mlp: int, n_layers: int) -> int:
         """Number of parameters, computed without building the block."""
         return n_layers * _layer_parameters(features, hidden, n_res, n_mlp)
 
@@ -234,7 +234,7 @@ class ARBlock(nn.Module):
         self.checkpointing = False
 
     @staticmethod
-    def parameters(features: int, hidden: int, n_res: int, n_mlp: int, n_layers: int) -> int:
+    def count_parameters(features: int, hidden: int, n_res: int, n_mlp: int, n_layers: int) -> int:
         """Number of parameters, computed without building the block."""
         return n_layers * _layer_parameters(features, hidden, n_res, n_mlp)
 

@@ -237,7 +237,8 @@ def parameter_count(cfg: ModelConfig) -> int:
     block = SUBNETS[cfg.subnet]
     features = cfg.channels * cfg.kernel_size**2
     per_level = (
-        block.parameters(features, cfg.n_hidden, cfg.n_res, cfg.n_mlp, n) for n in cfg.n_layers
+        block.count_parameters(features, cfg.n_hidden, cfg.n_res, cfg.n_mlp, n)
+        for n in cfg.n_layers
     )
     return 2 * sum(per_level)  # disentangler + decimator
 
