@@ -16,6 +16,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 COMMANDS = [
@@ -36,6 +37,7 @@ def _time(args: list[str], env: dict[str, str]) -> float:
     subprocess.run(
         [sys.executable, "-m", "rgflow_cli.main", *args],
         env=env,
+        cwd=tempfile.gettempdir(),  # as a user would: not inside a checkout that shadows it
         check=False,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -48,6 +50,7 @@ def _import_profile(env: dict[str, str], top: int = 8) -> dict[str, object]:
     out = subprocess.run(
         [sys.executable, "-X", "importtime", "-c", "import rgflow_cli.main"],
         env=env,
+        cwd=tempfile.gettempdir(),
         capture_output=True,
         text=True,
         check=False,

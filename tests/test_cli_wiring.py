@@ -158,3 +158,14 @@ def test_eval_passes_batch_size_and_amp(tmp_path, monkeypatch, files):
     _, imgs, batch_size = spy.args
     assert batch_size == 2 and spy.kwargs["amp"] is True and len(imgs) == 4
     assert json.loads(out)["bpd"] == 1.5
+
+
+def test_the_entry_point_answers_help_version_and_typos(run_main):
+    code, out = run_main()
+    assert code == 0 and out.startswith("Usage: rgflow [OPTIONS] COMMAND") and "explore" in out
+    code, out = run_main("--version")
+    assert code == 0 and out.startswith("rgflow ")
+    code, out = run_main("sample", "--help")
+    assert code == 0 and out.startswith("Usage: rgflow sample [OPTIONS]")
+    code, out = run_main("smaple")
+    assert code == 2 and "No such command 'smaple'. Did you mean 'sample'?" in out
