@@ -26,7 +26,8 @@ COMMANDS = [
         [name, "--help"]
         for name in (
             "train", "eval", "sample", "encode", "decode", "mix", "receptive-field",
-            "traverse", "walk", "probe", "inpaint", "info", "make-msds", "bench",
+            "traverse", "walk", "probe", "inpaint", "info", "make-msds", "bench", "explore",
+            "mix-fidelity",
         )
     ],
 ]  # fmt: skip
