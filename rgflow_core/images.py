@@ -160,7 +160,8 @@ def write_grid(images: Tensor, path: str | Path, nrow: int = 8, zoom: int = 1) -
     if zoom > 1:
         images = images.repeat_interleave(zoom, dim=2).repeat_interleave(zoom, dim=3)
     buf = io.BytesIO()
-    save_image(images, buf, format="PNG", nrow=nrow, padding=2 * zoom)
+    # white lines between the images: many datasets (MSDS among them) have black borders
+    save_image(images, buf, format="PNG", nrow=nrow, padding=2 * zoom, pad_value=1.0)
     return atomic_write_bytes(path, buf.getvalue())
 
 

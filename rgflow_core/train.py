@@ -172,7 +172,8 @@ class EpochFiles:
             samples = self._samples()
             run.write_samples(epoch, samples)
         if metrics_changed or not run.curves.is_file():
-            run.write_curves(progress.history, self.preset.train.batch_size, self.preset.name)
+            title = f"{run.root.name} (preset {self.preset.name}): bits per dimension"
+            run.write_curves(progress.history, self.preset.train.batch_size, title)
         line = _epoch_line(record, self.preset.train.epochs)
         if not run.logged(line):
             self.log(hooks, line)
