@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import shlex
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,23 +30,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+from rgflow_cli.explore.headless import free_port, start_browser
+
 RESULTS = Path(__file__).parent / "results"
-CHROME_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--window-size=1400,1100",
-]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until_up(url: str, server: subprocess.Popen, timeout: float) -> None:
@@ -61,18 +46,6 @@ def wait_until_up(url: str, server: subprocess.Popen, timeout: float) -> None:
         except OSError:
             time.sleep(0.2)
     raise SystemExit(f"rgflow explore did not answer within {timeout:.0f} s")
-
-
-def browser(profile: str):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    for flag in [*CHROME_FLAGS, f"--user-data-dir={profile}"]:
-        options.add_argument(flag)
-    options.binary_location = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-    service = Service(os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver"))
-    return webdriver.Chrome(service=service, options=options)
 
 
 def wait_for(driver, script: str, timeout: float) -> None:
@@ -211,7 +184,7 @@ def main() -> None:
     try:
         wait_until_up(url, server, args.timeout)
         with tempfile.TemporaryDirectory(prefix="rgflow-chrome-") as profile:
-            driver = browser(profile)
+            driver = start_browser(Path(profile))
             try:
                 driver.get(url)
                 if args.screenshot:

@@ -13,6 +13,8 @@ from rgflow_cli.options import (
     DeviceOpt,
     JsonOpt,
     MSDSName,
+    MSDSRootOpt,
+    MSDSSetOpt,
     SeedOpt,
 )
 
@@ -23,12 +25,8 @@ FACTORS = {
 
 
 def mix_fidelity(
-    data_root: Annotated[
-        Path, typer.Option("--data-root", help="Folder holding the MSDS set (DATA_ROOT/NAME).")
-    ] = Path("data"),
-    dataset: Annotated[
-        MSDSName, typer.Option("--dataset", help="msds1: colour global; msds2: angle global.")
-    ] = MSDSName.msds1,
+    data_root: MSDSRootOpt = Path("data"),
+    dataset: MSDSSetOpt = MSDSName.msds1,
     pairs: Annotated[
         int, typer.Option("--pairs", help="Pairs (a, b) of test images to mix.")
     ] = 200,

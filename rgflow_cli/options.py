@@ -39,6 +39,12 @@ class MSDSName(str, Enum):
 
 Dataset = Enum("Dataset", {name: name for name in DATASETS}, type=str)  # type: ignore[misc]
 
+MSDSRootOpt = Annotated[
+    Path, typer.Option("--data-root", help="Folder holding the MSDS set (DATA_ROOT/NAME).")
+]
+MSDSSetOpt = Annotated[
+    MSDSName, typer.Option("--dataset", help="msds1: colour global; msds2: angle global.")
+]
 CheckpointOpt = Annotated[
     Path | None,
     typer.Option(

@@ -14,6 +14,8 @@ from rgflow_cli.options import (
     DeviceOpt,
     JsonOpt,
     MSDSName,
+    MSDSRootOpt,
+    MSDSSetOpt,
     ResizeOpt,
     SeedOpt,
 )
@@ -50,12 +52,8 @@ def _fit_to_model(images: "torch.Tensor", model: "RGFlow", resize: bool) -> "tor
 
 
 def probe(
-    data_root: Annotated[
-        Path, typer.Option("--data-root", help="Folder holding the MSDS set (DATA_ROOT/NAME).")
-    ] = Path("data"),
-    dataset: Annotated[
-        MSDSName, typer.Option("--dataset", help="msds1: colour global; msds2: angle global.")
-    ] = MSDSName.msds1,
+    data_root: MSDSRootOpt = Path("data"),
+    dataset: MSDSSetOpt = MSDSName.msds1,
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Bar chart of R² by level (PNG).")
     ] = Path("probe.png"),

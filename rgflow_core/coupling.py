@@ -16,8 +16,8 @@ runs the same maths through `rgflow_core.kernels` instead.
 
 `SUBNETS` is the registry of block bijectors: the config accepts its names, the model is
 built from it, its size is known before it is built (`count_parameters`), and the benchmark
-counts FLOPs with each class's `macs`. A new subnet is a class with the constructor,
-`count_parameters` and `macs` of these two, added to `SUBNETS`.
+counts FLOPs with each class's `macs`. A new subnet is a `BlockBijector` with its
+`macs`, added to `SUBNETS`.
 
 References: Dinh et al., "Density estimation using Real NVP", arXiv:1605.08803;
 Germain et al., "MADE", arXiv:1502.03509; Hu et al., "RG-Flow", arXiv:2010.00029.
@@ -54,6 +54,25 @@ def _layer_parameters(features: int, hidden: int, n_res: int, n_mlp: int) -> int
     widths = [features] + [hidden] * n_mlp + [features]
     per_net = n_res * sum(i * o + 2 * o + i for i, o in zip(widths[:-1], widths[1:]))
     return 2 * per_net + 2 * features
+
+
+class BlockBijector(nn.Module):
+    """What every subnet is: `n_layers` invertible layers on (N, C*K*K) rows (one row per
+    block), made as `Block(channels, kernel_size, n_layers, hidden, n_res, n_mlp)`, with
+    `forward(x) -> (z, ladj)`, `inverse(z) -> (x, ladj)` and a `checkpointing` switch."""
+
+    checkpointing = False
+
+    @staticmethod
+    def count_parameters(features: int, hidden: int, n_res: int, n_mlp: int, n_layers: int) -> int:
+        """Number of parameters, computed without building the block: each layer holds two
+        residual MLPs and two gains."""
+        return n_layers * _layer_parameters(features, hidden, n_res, n_mlp)
+
+    @staticmethod
+    def macs(features: int, hidden: int, n_res: int, n_mlp: int, n_layers: int) -> int:
+        """Multiply-adds of one forward pass on one block."""
+        raise NotImplementedError
 
 
 class CouplingLayer(nn.Module):
@@ -109,7 +128,7 @@ class CouplingLayer(nn.Module):
         return xa, xb, ladj1 + ladj2
 
 
-class RNVPBlock(nn.Module):
+class RNVPBlock(BlockBijector):
     """`n_layers` checkerboard coupling layers on (N, C*K*K) blocks."""
 
     def __init__(
@@ -124,11 +143,6 @@ class RNVPBlock(nn.Module):
             CouplingLayer(features, hidden, n_res, n_mlp) for _ in range(n_layers)
         )
         self.checkpointing = False
-
-    @staticmethod
-    def count_parameters(features: int, hidden: int, n_res: int, n_mlp: int, n_layers: int) -> int:
-        """Number of parameters, computed without building the block."""
-        return n_layers * _layer_parameters(features, hidden, n_res, n_mlp)
 
     @staticmethod
     def macs(features: int, hidden: int, n_res: int, n_mlp: int, n_layers: int) -> int:
@@ -220,7 +234,7 @@ class ARLayer(nn.Module):
         return (x.flip(1) if self.reverse else x), -s.sum(1)
 
 
-class ARBlock(nn.Module):
+class ARBlock(BlockBijector):
     """`n_layers` autoregressive layers on (N, C*K*K) blocks, alternating variable order."""
 
     def __init__(
@@ -232,11 +246,6 @@ class ARBlock(nn.Module):
             ARLayer(features, hidden, n_res, n_mlp, reverse=bool(i % 2)) for i in range(n_layers)
         )
         self.checkpointing = False
-
-    @staticmethod
-    def count_parameters(features: int, hidden: int, n_res: int, n_mlp: int, n_layers: int) -> int:
-        """Number of parameters, computed without building the block."""
-        return n_layers * _layer_parameters(features, hidden, n_res, n_mlp)
 
     @staticmethod
     def macs(features: int, hidden: int, n_res: int, n_mlp: int, n_layers: int) -> int:
@@ -261,4 +270,4 @@ class ARBlock(nn.Module):
         return z, ladj
 
 
-SUBNETS: dict[str, type[RNVPBlock] | type[ARBlock]] = {"rnvp": RNVPBlock, "ar": ARBlock}
+SUBNETS: dict[str, type[BlockBijector]] = {"rnvp": RNVPBlock, "ar": ARBlock}

@@ -12,7 +12,6 @@ import io
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,44 +23,12 @@ import pytest
 from conftest import perturb, tiny_config
 from PIL import Image
 
+from rgflow_cli.explore.headless import find_chromium, free_port, start_browser
 from rgflow_core import build_model, load_model, save_model
 from rgflow_core.codec import decode_images
 from rgflow_core.latents import load_latents
 
-CHROME_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--window-size=1400,1100",
-]
 STARTUP = 90.0  # seconds for the server to answer (torch import, a loaded CI machine)
-
-
-def _browser_parts() -> tuple[str, str]:
-    """Paths of chromium and chromedriver, or a skip that names what is missing."""
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        pytest.skip("selenium is not installed (pip install selenium, or the dev extra)")
-    chromium = next(
-        filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None
-    )
-    if chromium is None:
-        pytest.skip("no chromium browser on PATH (apt-get install chromium)")
-    driver = shutil.which("chromedriver")
-    if driver is None:
-        pytest.skip("no chromedriver on PATH (apt-get install chromium-driver)")
-    return chromium, driver
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +46,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
 
 def _start(files: dict[str, Path], log: Path) -> tuple[subprocess.Popen, str]:
     """`rgflow explore` on a free loopback port; returns once it answers."""
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-m", "rgflow_cli", "explore", "-c", files["ckpt"]]
     command += ["--images", files["images"], "--port", port, "--device", "cpu", "--samples", 3]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -120,15 +87,11 @@ def served(files):
 
 @pytest.fixture
 def driver(tmp_path):
-    chromium, chromedriver = _browser_parts()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    for flag in [*CHROME_FLAGS, f"--user-data-dir={tmp_path / 'chrome-profile'}"]:
-        options.add_argument(flag)
-    options.binary_location = chromium
-    browser = webdriver.Chrome(service=Service(chromedriver), options=options)
+    try:
+        find_chromium()
+    except LookupError as missing:
+        pytest.skip(str(missing))
+    browser = start_browser(tmp_path / "chrome-profile")
     browser.set_script_timeout(30)
     yield browser
     browser.quit()
