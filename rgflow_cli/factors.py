@@ -68,7 +68,9 @@ def traverse(
     ] = None,
     top: Annotated[
         int | None,
-        typer.Option("--top", "-k", help="Vary each of the k latents of largest variance."),
+        typer.Option(
+            "--top", "-k", min=1, max=64, help="Vary each of the k latents of largest variance."
+        ),
     ] = None,
     extent: Annotated[
         float, typer.Option("--range", help="Vary from -range to +range standard deviations.")

@@ -23,7 +23,7 @@ from rgflow_core.cone import ConeLogProb, full_log_prob
 from rgflow_core.config import ModelConfig
 from rgflow_core.coupling import SUBNETS
 from rgflow_core.device import synchronize
-from rgflow_core.flow import build_model
+from rgflow_core.flow import build_model, check_memory
 from rgflow_core.geometry import num_levels
 from rgflow_core.inpaint import inpaint
 from rgflow_core.preprocess import dequantize, image_bpd
@@ -124,6 +124,7 @@ def run_bench(
     check_int("train_steps", train_steps, 1, 10_000)
     check_int("sample_batches", sample_batches, 1, 10_000)
     device = torch.device(device)
+    check_memory(cfg, device, batch_size)
     model = _random_model(cfg, device)
     model.checkpointing = checkpointing
     model.kernel = "compiled" if compile else "fast"

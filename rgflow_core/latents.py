@@ -27,6 +27,7 @@ from rgflow_core.flow import RGFlow
 from rgflow_core.geometry import latents_by_level, level_positions
 
 FORMAT = "rgflow-latents/1"
+MAX_IMAGES = 100_000  # as many as one call of rgflow_core.codec encodes or decodes
 
 
 def model_fingerprint(model: RGFlow) -> str:
@@ -90,6 +91,8 @@ def load_latents(path: str | Path) -> Latents:
             raise DataError(f"{path}: z is {f.dtypes['z']} {z_shape}, expected float (B, *{shape})")
         if z_shape[0] == 0:
             raise DataError(f"{path} holds no latents (0 images)")
+        if z_shape[0] > MAX_IMAGES:
+            raise DataError(f"{path} holds {z_shape[0]:,} latents, more than {MAX_IMAGES:,}")
         z = f.tensor("z")
         bpd = f.tensor("bpd") if f.shapes.get("bpd") == (len(z),) else None
     if not bool(torch.isfinite(z).all()):

@@ -168,7 +168,7 @@ def random_walk(
     Returns:
         (steps + 1, B, C, L, L) latents, the start first.
     """
-    check_int("steps", steps, 1, 10_000)
+    check_int("steps", steps, 1, 1000)
     check_float("step_size", step_size, 0.0, 1.0, lo_open=True)
     check_level(model.config.levels, level)
     mask = (model.level_map == level).to(z.device)
