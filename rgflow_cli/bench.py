@@ -5,7 +5,7 @@ from typing import Annotated
 
 import typer
 
-from rgflow_cli.options import Amp, AmpOpt, DeviceOpt, JsonOpt, PresetOpt, SetOpt
+from rgflow_cli.options import AllowLargeOpt, Amp, AmpOpt, DeviceOpt, JsonOpt, PresetOpt, SetOpt
 
 
 def bench(
@@ -31,6 +31,7 @@ def bench(
         str, typer.Option(help="--inpaint: image sizes L, comma-separated.")
     ] = "32,64,128,256",
     hole: Annotated[int, typer.Option(help="--inpaint: edge of the square hole.")] = 8,
+    allow_large: AllowLargeOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure parameters, FLOPs, training and sampling images/s, and peak memory."""
@@ -49,7 +50,8 @@ def bench(
         result = run_bench(
             cfg.model, preset=cfg.name, device=dev, batch_size=batch_size, train_steps=steps,
             sample_batches=sample_batches, checkpointing=checkpointing, compile=compile,
-            amp=amp.value, progress=lambda message: status.update(f"benchmarking: {message}"),
+            amp=amp.value, allow_large=allow_large,
+            progress=lambda message: status.update(f"benchmarking: {message}"),
         )  # fmt: skip
     figures = dataclasses.asdict(result)
     if as_json:

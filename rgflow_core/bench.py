@@ -113,6 +113,7 @@ def run_bench(
     checkpointing: bool = False,
     compile: bool = False,
     amp: str = "off",
+    allow_large: bool = False,
     progress: Say = _quiet,
 ) -> BenchResult:
     """Time training steps and sampling of a randomly initialised model.
@@ -124,7 +125,7 @@ def run_bench(
     check_int("train_steps", train_steps, 1, 10_000)
     check_int("sample_batches", sample_batches, 1, 10_000)
     device = torch.device(device)
-    check_memory(cfg, device, batch_size)
+    check_memory(cfg, device, batch_size, allow_large=allow_large)
     model = _random_model(cfg, device)
     model.checkpointing = checkpointing
     model.kernel = "compiled" if compile else "fast"

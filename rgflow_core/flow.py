@@ -281,6 +281,5 @@ def check_memory(
     raise UsageError(
         f"{what} needs about {need / 2**30:.1f} GiB ({parameter_count(cfg):,} parameters), "
         f"but {torch.device(device)} has {free / 2**30:.1f} GiB free; use a smaller model or "
-        "batch, or insist with allow_large",
-        "allow_large",
+        "batch, or insist with {allow_large}"
     )
