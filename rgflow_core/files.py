@@ -1,7 +1,7 @@
 """Writing files so that nothing a user has is lost: atomic writes and output checks.
 
-Nothing here imports torch or the model, so that writing a PNG or a YAML file does not
-depend on the network code.
+Nothing here imports torch, numpy or the model at the top, so that writing a PNG or a
+YAML file does not depend on the network code and the command line starts fast.
 """
 
 from __future__ import annotations
@@ -12,9 +12,13 @@ import json
 import math
 import os
 import tempfile
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
 
 from rgflow_core.errors import UsageError
 
@@ -182,3 +186,35 @@ def missing_file_reason(path: Path) -> str | None:
         return "does not exist"
     except OSError as err:
         return f"cannot be opened ({describe_os_error(err)})"
+
+
+# --- a fast PNG encoder for many small images -------------------------------------------
+
+_PNG_HEAD = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_chunk(tag: bytes, data: bytes) -> bytes:
+    crc = zlib.crc32(data, zlib.crc32(tag))
+    return len(data).to_bytes(4, "big") + tag + data + crc.to_bytes(4, "big")
+
+
+def rgb_png(image: np.ndarray) -> bytes:
+    """Encode an (H, W, 3) uint8 image as an uncompressed PNG.
+
+    PIL's encoder costs about 150 us of overhead per image, and deflating a 32x32 image
+    costs more than drawing it while saving no disk: a 3 KB PNG and a 1.3 KB one both fill
+    one 4 KiB file-system block (MSDS writes 100,000 of them).
+    """
+    import numpy as np  # here: the command line imports this module and must start fast
+
+    h, w, _ = image.shape
+    # Each scanline starts with its filter type; 0 (none) is the cheapest to produce.
+    raw = np.zeros((h, 1 + 3 * w), np.uint8)
+    raw[:, 1:] = image.reshape(h, 3 * w)
+    header = w.to_bytes(4, "big") + h.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])  # 8-bit RGB
+    return (
+        _PNG_HEAD
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(raw.tobytes(), 0))  # level 0: stored
+        + _png_chunk(b"IEND", b"")
+    )

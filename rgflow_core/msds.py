@@ -41,7 +41,6 @@ import os
 import shutil
 import signal
 import sys
-import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -50,6 +49,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image, ImageDraw
 
 from rgflow_core.errors import DataError, UsageError
+from rgflow_core.files import rgb_png
 
 MSDS_NAMES = ("msds1", "msds2")
 SPLITS = ("train", "test")  # the position of a split is part of every image's seed
@@ -64,9 +64,6 @@ LABELS_FILE = "labels.npz"
 ANGLE_STEPS = 18000  # angles are k * 180 / ANGLE_STEPS degrees: a 0.01 degree grid
 _MSDS2_SPREAD = ANGLE_STEPS // 4  # the 45 degree window of msds2
 _CHUNK = 500  # images per worker task: large enough to vectorise, small for a smooth bar
-# zlib level 0 (stored): deflating a 32x32 image costs more than the rest of its rendering,
-# and saves no disk: a 3 KB PNG and a 1.3 KB one both fill one 4 KiB file-system block.
-_PNG_LEVEL = 0
 
 ProgressFn = Callable[[int], None]
 
@@ -303,7 +300,7 @@ def _write_chunk(
     images, labels, factor = render_msds(name, split, start, count, seed)
     for i, image in enumerate(images):
         with open(os.path.join(folder, png_name(start + i, total)), "wb") as f:
-            f.write(_png_bytes(image))
+            f.write(rgb_png(image))
     return split, start, labels, factor
 
 
@@ -347,28 +344,6 @@ def _star(fn_task: tuple[Callable[..., object], tuple]) -> object:
 
 
 # --- files ------------------------------------------------------------------------------
-
-_PNG_HEAD = b"\x89PNG\r\n\x1a\n"
-
-
-def _png_chunk(tag: bytes, data: bytes) -> bytes:
-    crc = zlib.crc32(data, zlib.crc32(tag))
-    return len(data).to_bytes(4, "big") + tag + data + crc.to_bytes(4, "big")
-
-
-def _png_bytes(image: np.ndarray) -> bytes:
-    """Encode an (H, W, 3) uint8 image as PNG (PIL's encoder has ~150 us overhead per image)."""
-    h, w, _ = image.shape
-    # Each scanline starts with its filter type; 0 (none) is the cheapest to produce.
-    raw = np.zeros((h, 1 + 3 * w), np.uint8)
-    raw[:, 1:] = image.reshape(h, 3 * w)
-    header = w.to_bytes(4, "big") + h.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])  # 8-bit RGB
-    return (
-        _PNG_HEAD
-        + _png_chunk(b"IHDR", header)
-        + _png_chunk(b"IDAT", zlib.compress(raw.tobytes(), _PNG_LEVEL))
-        + _png_chunk(b"IEND", b"")
-    )
 
 
 def _save_labels(folder: Path, name: str, labels: np.ndarray, factor: np.ndarray) -> None:
