@@ -79,7 +79,7 @@ class RGLevel(nn.Module):
         return z, ladj1 + ladj2
 
 
-def _insert_coarse(fine: Tensor, coarse: Tensor) -> Tensor:
+def insert_coarse(fine: Tensor, coarse: Tensor) -> Tensor:
     """Copy of `fine` (B, C, M, M) with its sub-lattice [::2, ::2] replaced by `coarse`."""
     out = fine.clone()
     out[..., ::2, ::2] = coarse
@@ -156,7 +156,7 @@ class RGFlow(nn.Module):
             x = x[..., ::2, ::2]
         z = outs[-1]
         for fine in reversed(outs[:-1]):
-            z = _insert_coarse(fine, z)
+            z = insert_coarse(fine, z)
         return z, ladj
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
@@ -165,7 +165,7 @@ class RGFlow(nn.Module):
         views = [z[..., :: 2**h, :: 2**h] for h in range(len(self.levels))]
         y = None
         for h in reversed(range(len(self.levels))):
-            x = views[h] if y is None else _insert_coarse(views[h], y)
+            x = views[h] if y is None else insert_coarse(views[h], y)
             y, level_ladj = self.levels[h].inverse(x)
             ladj = ladj + level_ladj
         return y, ladj

@@ -22,7 +22,7 @@ from torch import Tensor
 from rgflow_core.checks import check_choice, check_float, check_int
 from rgflow_core.codec import encode_images, model_device, sample_images
 from rgflow_core.errors import UsageError
-from rgflow_core.flow import RGFlow
+from rgflow_core.flow import RGFlow, insert_coarse
 from rgflow_core.geometry import check_level, cone_latents, generator_cone
 from rgflow_core.mixing import check_scale, latent_statistics, mix_latents, top_variance_latents
 from rgflow_core.preprocess import quantize
@@ -32,13 +32,6 @@ MAX_SPREAD = 10.0  # a factor moves at most this many standard deviations from i
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 5.0
 MAX_STAT_IMAGES = 4096
 TARGETS = ("current", "second")
-
-
-def _insert_coarse(fine: Tensor, coarse: Tensor) -> Tensor:
-    """As in `RGFlow.inverse`: a copy of `fine` with its [::2, ::2] sub-lattice `coarse`."""
-    out = fine.clone()
-    out[..., ::2, ::2] = coarse
-    return out
 
 
 class ExploreSession:
@@ -220,7 +213,7 @@ class ExploreSession:
             y = None if self._stale == top else self._outputs[self._stale + 1]
             for h in range(self._stale, -1, -1):
                 view = self.z[..., :: 2**h, :: 2**h]
-                x = view if y is None else _insert_coarse(view, y)
+                x = view if y is None else insert_coarse(view, y)
                 y, _ = self.model.levels[h].inverse(x)
                 self._outputs[h] = y
             x, _ = self.model.preprocess.inverse(y)
