@@ -2,41 +2,36 @@
 
 Every request that touches the model holds one lock, so requests are served one at a time
 (FastAPI runs the sync endpoints in a thread pool). Images travel as PNG data URLs inside
-JSON, so one response carries an image and the state that goes with it. Errors are JSON
-`{"error": "one line"}` with a 4xx status (5xx for our own bugs, logged here); the client
-never names a file of the server: images of the `--images` folder are chosen by index.
+JSON, so one response carries an image and the state that goes with it. The client never
+names a file of the server: images of the `--images` folder are chosen by index. Errors,
+the host check and upload limits are the edge's (`guard.py`).
 """
 
 from __future__ import annotations
 
 import base64
 import io
-import logging
 import tempfile
 import threading
-import time
-from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict
-from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 
-from rgflow_core.errors import DataError, RGFlowError
+from rgflow_cli.explore.guard import read_upload, register_errors
+from rgflow_core.errors import DataError
 from rgflow_core.images import read_image, to_pil
 from rgflow_core.latents import save_latents
 from rgflow_core.session import MAX_SPREAD, MAX_TEMPERATURE, MIN_TEMPERATURE, ExploreSession
 
 STATIC = Path(__file__).parent / "static"
 MAX_UPLOAD = 5 * 2**20  # bytes of one uploaded image file
-log = logging.getLogger("rgflow.explore")
 
 
 class Body(BaseModel):
@@ -72,19 +67,6 @@ class Choice(Body):
 
 class Scale(Body):
     scale: int
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split()) or "error"
-
-
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": _one_line(message)}, status_code=status)
-
-
-def _spell(argument: str) -> str:
-    """How the page names a core argument in an error message."""
-    return {"resize": "the 'resize' option"}.get(argument, argument)
 
 
 def png_bytes(image: Any) -> bytes:
@@ -123,81 +105,6 @@ def _describe_levels(session: ExploreSession) -> list[dict[str, Any]]:
             }
         )
     return out
-
-
-def _register_errors(app: FastAPI, allowed_hosts: list[str] | None) -> None:
-    """Errors as one JSON line; requests for another host name refused (DNS rebinding)."""
-
-    @app.exception_handler(RGFlowError)
-    async def core_error(request: Request, err: RGFlowError) -> JSONResponse:
-        return _error(400, err.render(_spell))
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
-        first = err.errors()[0] if err.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path"))
-        return _error(422, f"{where or 'request'}: {first.get('msg', 'invalid request')}")
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, err: HTTPException) -> JSONResponse:
-        return _error(err.status_code, err.detail)
-
-    app.add_middleware(Guard, allowed_hosts=allowed_hosts)
-
-
-class Guard:
-    """ASGI middleware around the app: refuses requests for another host name (DNS
-    rebinding), turns a bug of ours into a one-line 500 (the details go to the server's
-    log only), and tells the browser the time spent here (a Server-Timing header, read by
-    the latency benchmark). Plain ASGI: cheaper per request than BaseHTTPMiddleware."""
-
-    def __init__(self, app: Callable, allowed_hosts: list[str] | None) -> None:
-        self.app = app
-        self.allowed_hosts = allowed_hosts
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        allowed = self.allowed_hosts
-        host = Headers(scope=scope).get("host", "").rsplit(":", 1)[0].strip("[]")
-        if allowed is not None and host not in allowed:
-            refused = _error(400, f"this server answers only to {', '.join(allowed)}")
-            return await refused(scope, receive, send)
-        start = time.perf_counter()
-        started = False
-
-        async def timed(message: dict) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                took = 1000 * (time.perf_counter() - start)
-                MutableHeaders(scope=message).append("Server-Timing", f"app;dur={took:.2f}")
-            await send(message)
-
-        try:
-            await self.app(scope, receive, timed)
-        except Exception as err:
-            log.exception("error while serving %s %s", scope["method"], scope["path"])
-            if not started:
-                name = type(err).__name__
-                failed = _error(500, f"internal error ({name}); see the server's log")
-                await failed(scope, receive, send)
-
-
-async def _read_upload(request: Request, limit: int) -> bytes:
-    """The raw request body, refused as soon as it is larger than `limit` bytes."""
-    too_big = f"the file is larger than {limit / 2**20:g} MB, the most this page takes"
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, too_big)
-    data = bytearray()
-    async for chunk in request.stream():
-        data += chunk
-        if len(data) > limit:
-            raise HTTPException(413, too_big)
-    if not data:
-        raise HTTPException(400, "the request holds no image file")
-    return bytes(data)
 
 
 def _decode_upload(session: ExploreSession, data: bytes, name: str, resize: bool) -> Any:
@@ -304,7 +211,7 @@ class Explorer:
         resize: bool = False,
         name: str = "",
     ) -> dict[str, Any]:
-        data = await _read_upload(request, self.max_upload)
+        data = await read_upload(request, self.max_upload)
         shown = Path(name[:200]).name or "the uploaded file"
 
         def work() -> dict[str, Any]:
@@ -410,7 +317,7 @@ def create_app(
         max_upload: the largest image file accepted, in bytes.
     """
     app = FastAPI(title="rgflow explore", docs_url=None, redoc_url=None, openapi_url=None)
-    _register_errors(app, allowed_hosts)
+    register_errors(app, allowed_hosts)
     info = {
         "about": about or {},
         "channels": session.channels,
