@@ -11,6 +11,7 @@ import errno
 import json
 import math
 import os
+import socket
 import tempfile
 import zlib
 from collections.abc import Iterable
@@ -145,6 +146,47 @@ def _check_writable_parent(folder: Path) -> None:
         raise UsageError(f"cannot write into {folder}: {ancestor} is a file, not a folder")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise UsageError(f"cannot write into {folder}: {ancestor} is not writable")
+
+
+class FolderLock:
+    """An exclusive, advisory lock on a folder (`flock` on FOLDER/.lock), held until
+    `release` or until the process dies, whichever comes first. The lock file names its
+    holder. A folder that the lock made and that is left empty is removed on release."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._fd: int | None = None
+        self._created: list[Path] = []
+
+    def acquire(self) -> str | None:
+        """Take the lock (making the folder if need be). Returns None, or, when another
+        process holds it, that process as the lock file names it (nothing is then held)."""
+        import fcntl
+
+        self._created = [p for p in (self.folder, *self.folder.parents) if not p.exists()]
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            return holder
+        os.ftruncate(fd, 0)
+        os.write(fd, f"process {os.getpid()} on {socket.gethostname()}".encode())
+        self._fd = fd
+        return None
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        if os.listdir(self.folder) == [".lock"]:  # nothing was written under the lock
+            (self.folder / ".lock").unlink()
+            for folder in self._created:
+                with contextlib.suppress(OSError):  # not empty: someone else wrote there
+                    folder.rmdir()
+        os.close(self._fd)  # closing the file releases the lock
+        self._fd = None
 
 
 def describe_os_error(err: OSError) -> str:

@@ -17,10 +17,8 @@ run killed between two writes is completed by the next start (`missing_files`).
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
-import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,7 +32,13 @@ from torch import nn
 from rgflow_core.checkpoint import read_metadata, save_model
 from rgflow_core.config import DataConfig, ModelConfig, Preset, load_preset
 from rgflow_core.errors import CheckpointError, RGFlowError, RunLockedError, UsageError
-from rgflow_core.files import atomic_write_bytes, is_temp_file, remove_temp_files, strict_json
+from rgflow_core.files import (
+    FolderLock,
+    atomic_write_bytes,
+    is_temp_file,
+    remove_temp_files,
+    strict_json,
+)
 from rgflow_core.loop import Progress
 
 STATE_FORMAT = "rgflow-state/2"
@@ -60,8 +64,7 @@ class RunFolder:
         self.curves = self.root / "curves.png"
         self.state = self.checkpoints / "state.pt"
         self.last = self.checkpoints / "last.safetensors"
-        self._lock_fd: int | None = None
-        self._created: list[Path] = []  # folders `open` made, removed again if left empty
+        self._lock = FolderLock(self.root)  # a run that writes nothing leaves no folder
 
     def epoch_checkpoint(self, epoch: int) -> Path:
         return self.checkpoints / f"epoch-{epoch:04d}.safetensors"
@@ -85,38 +88,15 @@ class RunFolder:
             yield self
         finally:
             if lock:
-                self._release()
+                self._lock.release()
 
     def _acquire(self) -> None:
-        import fcntl
-
-        self._created = [p for p in (self.root, *self.root.parents) if not p.exists()]
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
-            os.close(fd)
+        holder = self._lock.acquire()
+        if holder is not None:
             raise RunLockedError(
                 f"{self.root} is in use by {holder}; wait for that run to end (or stop it), "
                 "or train under another run name ({name})"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"process {os.getpid()} on {socket.gethostname()}".encode())
-        self._lock_fd = fd
-
-    def _release(self) -> None:
-        if self._lock_fd is None:
-            return
-        # A run that wrote nothing (it failed before its first file) leaves no folder.
-        if os.listdir(self.root) == [".lock"]:
-            (self.root / ".lock").unlink()
-            for folder in self._created:
-                with contextlib.suppress(OSError):  # not empty: someone else wrote there
-                    folder.rmdir()
-        os.close(self._lock_fd)  # closing the file releases the lock
-        self._lock_fd = None
+            )
 
     def check(self, resume: bool | None) -> None:
         """Refuse a folder that is a file, a resume with nothing to resume (`resume`
