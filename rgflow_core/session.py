@@ -3,7 +3,8 @@
 The session keeps the latents z (1, C, L, L) of the image being explored, the latents of a
 second image (the partner for mixing across scales), one temperature and one lock per RG
 level, and a generator, and answers tensor-in, tensor-out requests: redraw some levels,
-move one latent, mix, encode an image, the cones and receptive fields of a position.
+move one latent, mix, encode an image; its `reach` answers where a position's latents act
+(cones and receptive fields).
 
 Decoding is incremental and exact: the generator runs the levels from the top (coarsest)
 down, and a latent of level h enters the generator only at level h, so a change of level-h
@@ -65,8 +66,7 @@ class ExploreSession:
         self.kernel_size = cfg.kernel_size
         self.device, self.dtype = model_device(model)
         self.level_map = model.level_map.cpu()
-        self.rf_samples = check_int("rf_samples", rf_samples, 1, 1000)
-        self.seed = seed
+        self.reach = Reach(model, seed, rf_samples)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.temperatures = [1.0] * self.levels
         self.locks = [False] * self.levels
@@ -77,20 +77,15 @@ class ExploreSession:
         z_ref, _ = encode_images(model, self._check_images(reference))
         mean, std = latent_statistics(z_ref)
         # a latent that never varies would give factor values of 0/0; keep the spread > 0
-        self.mean, self.std = (
-            mean.to(self.device, self.dtype),
-            std.clamp_min(1e-6).to(self.device, self.dtype),
-        )
-        self.top = {
+        to_model = {"device": self.device, "dtype": self.dtype}
+        self.mean, self.std = mean.to(**to_model), std.clamp_min(1e-6).to(**to_model)
+        self.top = {  # level -> its factors (c, i, j), largest spread first
             h: top_variance_latents(std, self.level_map, h, min(top, self.level_count(h)))
             for h in range(self.levels)
         }
         self.z = self._draw()
         self.second = self._draw()
-        self._outputs: list[Tensor | None] = [None] * self.levels
-        self._stale = self.levels - 1  # the highest level whose cached output is out of date
-        self._image: Tensor | None = None
-        self._rf_cache: dict[tuple[int, int], Tensor] = {}
+        self._decoder = LevelDecoder(model)
 
     # --- what the model looks like ------------------------------------------------------
 
@@ -112,7 +107,7 @@ class ExploreSession:
         self._touch(max(levels))
 
     def _touch(self, level: int) -> None:
-        self._stale = max(self._stale, level)
+        self._decoder.touch(level)
 
     def sample(self) -> None:
         """A new sample: the latents of every unlocked level redrawn at its temperature."""
@@ -205,21 +200,9 @@ class ExploreSession:
             raise UsageError(f"must be uint8 images of shape {shape}", "image")
         return images
 
-    @torch.inference_mode()
     def image(self) -> Tensor:
         """The current image, uint8 (C, L, L): only the changed levels are re-run."""
-        if self._stale >= 0:
-            top = self.levels - 1
-            y = None if self._stale == top else self._outputs[self._stale + 1]
-            for h in range(self._stale, -1, -1):
-                view = self.z[..., :: 2**h, :: 2**h]
-                x = view if y is None else insert_coarse(view, y)
-                y, _ = self.model.levels[h].inverse(x)
-                self._outputs[h] = y
-            x, _ = self.model.preprocess.inverse(y)
-            self._image = quantize(x.clamp(0.0, 1.0))[0].cpu()
-            self._stale = -1
-        return self._image
+        return self._decoder.image(self.z)
 
     @torch.inference_mode()
     def decode(self, z: Tensor) -> Tensor:
@@ -242,7 +225,19 @@ class ExploreSession:
         """A copy of the current latents (1, C, L, L) on the CPU, as `save_latents` takes."""
         return self.z.detach().cpu().clone()
 
-    # --- where latents act ----------------------------------------------------------------
+
+class Reach:
+    """Where the latents of one model act: the cones and receptive fields of a lattice
+    position (i, j). Receptive fields are cached per position and use a fixed seed, so
+    the same position always shows the same field."""
+
+    def __init__(self, model: RGFlow, seed: int = 0, rf_samples: int = 2) -> None:
+        self.model = model
+        self.size, self.kernel_size = model.config.image_size, model.config.kernel_size
+        self.device, _ = model_device(model)
+        self.seed = seed
+        self.rf_samples = check_int("rf_samples", rf_samples, 1, 1000)
+        self._rf_cache: dict[tuple[int, int], Tensor] = {}
 
     def _position(self, i: int, j: int) -> tuple[int, int]:
         return check_int("i", i, 0, self.size - 1), check_int("j", j, 0, self.size - 1)
@@ -264,7 +259,6 @@ class ExploreSession:
         (summed over their channels), divided by its maximum. Cached per position."""
         key = self._position(i, j)
         if key not in self._rf_cache:
-            # a fixed seed: the same position always shows the same field
             generator = torch.Generator(device=self.device).manual_seed(self.seed)
             with torch.enable_grad():
                 rf = receptive_field(
@@ -272,3 +266,37 @@ class ExploreSession:
                 )[0].float()
             self._rf_cache[key] = rf / rf.max().clamp_min(1e-30)
         return self._rf_cache[key]
+
+
+class LevelDecoder:
+    """Decodes latents (1, C, L, L) of one model level by level from the top, keeping each
+    level's output, so that after `touch(h)` (latents of levels <= h changed) only levels
+    h..0 are re-run. The operations are those of `RGFlow.inverse`, in its order, so the
+    image equals a full decode bit for bit. Starts with everything out of date."""
+
+    def __init__(self, model: RGFlow) -> None:
+        self.model = model
+        self._outputs: list[Tensor | None] = [None] * model.config.levels
+        self._stale = model.config.levels - 1  # the highest level whose output is out of date
+        self._image: Tensor | None = None
+
+    def touch(self, level: int) -> None:
+        """The latents of `level` (or of levels below it) changed."""
+        self._stale = max(self._stale, level)
+
+    @torch.inference_mode()
+    def image(self, z: Tensor) -> Tensor:
+        """uint8 (C, L, L): the image of `z`, given every change since the last call was
+        announced by `touch`."""
+        if self._stale >= 0:
+            top = len(self._outputs) - 1
+            y = None if self._stale == top else self._outputs[self._stale + 1]
+            for h in range(self._stale, -1, -1):
+                view = z[..., :: 2**h, :: 2**h]
+                x = view if y is None else insert_coarse(view, y)
+                y, _ = self.model.levels[h].inverse(x)
+                self._outputs[h] = y
+            x, _ = self.model.preprocess.inverse(y)
+            self._image = quantize(x.clamp(0.0, 1.0))[0].cpu()
+            self._stale = -1
+        return self._image

@@ -93,7 +93,7 @@ def _describe_levels(session: ExploreSession) -> list[dict[str, Any]]:
     out = []
     for h in range(session.levels):
         positions = (session.level_map == h).nonzero()
-        reach = int(session.latent_cone(*positions[0].tolist()).sum())
+        reach = int(session.reach.latent_cone(*positions[0].tolist()).sum())
         out.append(
             {
                 "level": h,
@@ -247,14 +247,14 @@ class Explorer:
     # --- where latents act (the cones are geometry: no model, no lock)
 
     def pixel_cone(self, i: int, j: int) -> dict[str, Any]:
-        return {"latents": self.session.latents_for_pixel(i, j).int().tolist()}
+        return {"latents": self.session.reach.latents_for_pixel(i, j).int().tolist()}
 
     def latent_cone(self, i: int, j: int) -> dict[str, Any]:
-        return {"pixels": self.session.latent_cone(i, j).int().tolist()}
+        return {"pixels": self.session.reach.latent_cone(i, j).int().tolist()}
 
     def receptive(self, i: int, j: int) -> dict[str, Any]:
         with self.lock:
-            field = self.session.receptive_field(i, j)
+            field = self.session.reach.receptive_field(i, j)
         return {"i": i, "j": j, "field": [[round(float(v), 4) for v in row] for row in field]}
 
     # --- keeping what you made
