@@ -51,25 +51,9 @@ def train(
     """
     cfg, hooks, device = preset.train, hooks or Hooks(), torch.device(device)
     rank, world = distributed.rank_world()
-    steps = len(data.train) // cfg.batch_size
-    if cfg.batch_size % world:
-        raise UsageError(
-            f"{cfg.batch_size} must be a multiple of the {world} processes", "batch_size"
-        )
-    if steps < 1:
-        raise UsageError(
-            f"{cfg.batch_size} is more than the {len(data.train)} training images", "batch_size"
-        )
+    steps = _steps_per_epoch(cfg.batch_size, len(data.train), world)
     check_memory(preset.model, device, cfg.batch_size // world, allow_large=allow_large)
-
-    torch.manual_seed(cfg.seed)
-    flow = build_model(preset.model).to(device)
-    flow.checkpointing = cfg.checkpointing
-    flow.kernel = "compiled" if cfg.compile else "fast"
-    # fused: one kernel updates all parameters, instead of a loop of small ones
-    optimizer = torch.optim.AdamW(
-        flow.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True
-    )
+    flow, optimizer = _model_and_optimizer(preset, device)
     progress, changes = Progress(), []
     if run.state.is_file():
         progress, changes = run.load_state(flow, optimizer, preset, allow_changes)
@@ -118,21 +102,57 @@ def train(
             ) from None
         except TrainingError as err:
             raise TrainingError(f"{err}; {files.last_good()}") from None
-        test_bpd = None
-        if len(data.test):
-            hooks.message(f"epoch {epoch}: evaluating on {len(data.test)} test images")
-            amp = cfg.amp == "bf16"
-            test_bpd = evaluate(flow, data.test, 256, cfg.eval_batches, amp, hooks.evaluating)
-            if not math.isfinite(test_bpd):
-                raise TrainingError(
-                    f"epoch {epoch} ended with a test bpd that is not finite ({test_bpd}); its "
-                    f"weights were not saved, and {files.last_good()} (try a lower learning rate)"
-                )
+        test_bpd = _test_bpd(flow, data, preset, epoch, hooks, files)
         record = trainer.end_epoch(epoch, test_bpd, time.perf_counter() - start)
         save()
         samples = files.publish(progress, hooks) if rank == 0 else None
         hooks.epoch_end(record, samples)
     return record
+
+
+def _steps_per_epoch(batch_size: int, train_images: int, world: int) -> int:
+    """Optimizer steps per epoch; the batch must split evenly over the processes."""
+    if batch_size % world:
+        raise UsageError(f"{batch_size} must be a multiple of the {world} processes", "batch_size")
+    if batch_size > train_images:
+        raise UsageError(
+            f"{batch_size} is more than the {train_images} training images", "batch_size"
+        )
+    return train_images // batch_size
+
+
+def _model_and_optimizer(
+    preset: Preset, device: torch.device
+) -> tuple[RGFlow, torch.optim.Optimizer]:
+    """The model as the seed makes it, with the training's kernels, and its optimizer."""
+    cfg = preset.train
+    torch.manual_seed(cfg.seed)
+    flow = build_model(preset.model).to(device)
+    flow.checkpointing = cfg.checkpointing
+    flow.kernel = "compiled" if cfg.compile else "fast"
+    # fused: one kernel updates all parameters, instead of a loop of small ones
+    optimizer = torch.optim.AdamW(
+        flow.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True
+    )
+    return flow, optimizer
+
+
+def _test_bpd(
+    flow: RGFlow, data: ImageData, preset: Preset, epoch: int, hooks: Hooks, files: EpochFiles
+) -> float | None:
+    """The epoch's bpd on the test images (None without any); not finite fails the run."""
+    if not len(data.test):
+        return None
+    cfg = preset.train
+    hooks.message(f"epoch {epoch}: evaluating on {len(data.test)} test images")
+    amp = cfg.amp == "bf16"
+    test_bpd = evaluate(flow, data.test, 256, cfg.eval_batches, amp, hooks.evaluating)
+    if not math.isfinite(test_bpd):
+        raise TrainingError(
+            f"epoch {epoch} ended with a test bpd that is not finite ({test_bpd}); its "
+            f"weights were not saved, and {files.last_good()} (try a lower learning rate)"
+        )
+    return test_bpd
 
 
 class EpochFiles:
