@@ -1,7 +1,7 @@
 """The training loop: optimizer steps over any iterable of batches, and evaluation.
 
 Free of files and printing: what happens is reported through `Hooks`, and what must
-survive a restart is the `Progress` (saved by `rgflow_core.run`). All randomness is a
+survive a restart is the `Progress` (saved by `rgflow_core.state`). All randomness is a
 function of (seed, epoch, batch): the batch order and flips of an epoch
 (`data.train_batches`) and the dequantisation noise of a step (`step_noise`), so a run
 that restarts from a saved `Progress` replays exactly what an uninterrupted one does.

@@ -38,8 +38,6 @@ from rgflow_core.files import (
     remove_temp_files,
     strict_json,
 )
-from rgflow_core.loop import Progress
-from rgflow_core.state import load_state, save_state
 
 
 class RunFolder:
@@ -108,29 +106,6 @@ class RunFolder:
                 f"{self.root} holds checkpoints but no training state to resume from; "
                 "choose another run name ({name}) rather than overwrite them"
             )
-
-    # --- state --------------------------------------------------------------------------
-
-    def save_state(
-        self,
-        flow: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        progress: Progress,
-        preset: Preset,
-        changes: list[dict[str, Any]],
-    ) -> None:
-        """Write the resumable state atomically (`rgflow_core.state.save_state`)."""
-        save_state(self.state, flow, optimizer, progress, preset, changes)
-
-    def load_state(
-        self,
-        flow: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        preset: Preset,
-        allow_changes: bool = False,
-    ) -> tuple[Progress, list[dict[str, Any]]]:
-        """Restore weights, optimizer and progress (`rgflow_core.state.load_state`)."""
-        return load_state(self.state, self.root, flow, optimizer, preset, allow_changes)
 
     # --- the files derived from the state -----------------------------------------------
 

@@ -3,7 +3,7 @@
 `train` builds the model and optimizer, restores the run's state if it has one, writes
 whatever files of the last finished epoch a kill left missing, then runs the remaining
 epochs. An epoch is the loop's steps (`rgflow_core.loop`), a test evaluation, the state
-saved (`rgflow_core.run`), and then the files derived from it (`EpochFiles`).
+saved (`rgflow_core.state`), and then the files derived from it (`EpochFiles`).
 
 Under `torchrun` every rank trains its share of each global batch (`distributed`) and
 only rank 0 writes files.
@@ -25,6 +25,7 @@ from rgflow_core.errors import Interrupted, TrainingError, UsageError
 from rgflow_core.flow import RGFlow, build_model, check_memory
 from rgflow_core.loop import Hooks, Progress, StopRequested, Trainer, evaluate
 from rgflow_core.run import RunFolder
+from rgflow_core.state import load_state, save_state
 
 SAMPLE_GRID = 64  # images in the per-epoch sample grid (8 x 8)
 
@@ -45,7 +46,7 @@ def train(
 
     Raises:
         UsageError: the data or batch size do not fit, the model does not fit in memory,
-            or the run's settings differ (see `RunFolder.load_state`).
+            or the run's settings differ (see `rgflow_core.state.load_state`).
         TrainingError: the loss or the test bpd stopped being finite.
         Interrupted: the hooks asked to stop; the state was saved.
     """
@@ -56,14 +57,14 @@ def train(
     flow, optimizer = _model_and_optimizer(preset, device)
     progress, changes = Progress(), []
     if run.state.is_file():
-        progress, changes = run.load_state(flow, optimizer, preset, allow_changes)
+        progress, changes = load_state(run.state, run.root, flow, optimizer, preset, allow_changes)
     net = distributed.wrap(flow, device)
     trainer = Trainer(flow, optimizer, cfg, steps, net=net, progress=progress, hooks=hooks)
     files = EpochFiles(run, preset, data, flow)
 
     def save() -> None:
         if rank == 0:
-            run.save_state(flow, optimizer, progress, preset, changes)
+            save_state(run.state, flow, optimizer, progress, preset, changes)
 
     if rank == 0:
         run.write_config(preset, changes)
