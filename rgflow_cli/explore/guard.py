@@ -26,7 +26,7 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split()) or "error"
 
 
-def error_response(status: int, message: str) -> JSONResponse:
+def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": _one_line(message)}, status_code=status)
 
 
@@ -39,18 +39,18 @@ def register_errors(app: FastAPI, allowed_hosts: list[str] | None) -> None:
     """Errors as one JSON line; requests for another host name refused (DNS rebinding)."""
 
     @app.exception_handler(RGFlowError)
-    async def coreerror_response(request: Request, err: RGFlowError) -> JSONResponse:
-        return error_response(400, err.render(_spell))
+    async def core_error(request: Request, err: RGFlowError) -> JSONResponse:
+        return _error(400, err.render(_spell))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
         first = err.errors()[0] if err.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path"))
-        return error_response(422, f"{where or 'request'}: {first.get('msg', 'invalid request')}")
+        return _error(422, f"{where or 'request'}: {first.get('msg', 'invalid request')}")
 
     @app.exception_handler(HTTPException)
-    async def httperror_response(request: Request, err: HTTPException) -> JSONResponse:
-        return error_response(err.status_code, err.detail)
+    async def http_error(request: Request, err: HTTPException) -> JSONResponse:
+        return _error(err.status_code, err.detail)
 
     app.add_middleware(Guard, allowed_hosts=allowed_hosts)
 
@@ -71,7 +71,7 @@ class Guard:
         allowed = self.allowed_hosts
         host = Headers(scope=scope).get("host", "").rsplit(":", 1)[0].strip("[]")
         if allowed is not None and host not in allowed:
-            refused = error_response(400, f"this server answers only to {', '.join(allowed)}")
+            refused = _error(400, f"this server answers only to {', '.join(allowed)}")
             return await refused(scope, receive, send)
         start = time.perf_counter()
         started = False
@@ -90,7 +90,7 @@ class Guard:
             log.exception("error while serving %s %s", scope["method"], scope["path"])
             if not started:
                 name = type(err).__name__
-                failed = error_response(500, f"internal error ({name}); see the server's log")
+                failed = _error(500, f"internal error ({name}); see the server's log")
                 await failed(scope, receive, send)
 
 
