@@ -36,8 +36,7 @@ import numpy as np
 import torch
 
 from rgflow_core import load_model
-from rgflow_core.checkpoint import strict_json
-from rgflow_core.files import atomic_write_bytes
+from rgflow_core.files import atomic_write_bytes, strict_json
 from rgflow_core.inpaint import inpaint, local_mean_fill, patch_candidates, psnr
 from rgflow_core.latents import model_fingerprint
 from rgflow_core.msds import read_msds

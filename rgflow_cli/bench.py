@@ -37,9 +37,9 @@ def bench(
     """Measure parameters, FLOPs, training and sampling images/s, and peak memory."""
     from rgflow_cli.progress import console
     from rgflow_core.bench import run_bench
-    from rgflow_core.checkpoint import strict_json
     from rgflow_core.config import load_preset, parse_overrides
     from rgflow_core.device import resolve_device
+    from rgflow_core.files import strict_json
 
     cfg = load_preset(preset, parse_overrides(set_ or []))
     dev = resolve_device(device)
@@ -73,8 +73,8 @@ def _bench_inpaint(cfg, sizes: str, hole: int, device, as_json: bool) -> None:
 
     from rgflow_cli.progress import new_bar
     from rgflow_core.bench import LOOP_REPEATS, LOOP_STEPS, bench_inpaint
-    from rgflow_core.checkpoint import strict_json
     from rgflow_core.errors import UsageError
+    from rgflow_core.files import strict_json
 
     try:
         sizes_list = [int(s) for s in sizes.split(",") if s.strip()]

@@ -18,11 +18,6 @@ from rgflow_cli.options import (
     SeedOpt,
 )
 
-FACTORS = {
-    "msds1": {"global": "base colour", "local": "ellipse angles"},
-    "msds2": {"global": "base angle", "local": "ellipse colours"},
-}
-
 
 def mix_fidelity(
     data_root: MSDSRootOpt = Path("data"),
@@ -51,11 +46,12 @@ def mix_fidelity(
     from rgflow_cli.io import open_model
     from rgflow_cli.progress import progress_bar
     from rgflow_core import fidelity as core
-    from rgflow_core.checkpoint import strict_json
     from rgflow_core.checks import check_int
     from rgflow_core.data import read_msds_images
     from rgflow_core.errors import DataError
+    from rgflow_core.files import strict_json
     from rgflow_core.latents import model_fingerprint
+    from rgflow_core.msds_readers import FACTORS
 
     check_int("pairs", pairs, 1, core.MAX_PAIRS)
     name = dataset.value
@@ -94,6 +90,7 @@ def _print_table(rows, floor, name: str, pairs: int, n_images: int) -> None:
     from rich.table import Table
 
     from rgflow_core.fidelity import UNITS
+    from rgflow_core.msds_readers import FACTORS
 
     factors, units = FACTORS[name], UNITS[name]
     table = Table(

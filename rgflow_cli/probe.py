@@ -27,11 +27,6 @@ if TYPE_CHECKING:
 
     from rgflow_core.flow import RGFlow
 
-FACTORS = {
-    "msds1": {"global": "base colour", "local": "ellipse angles"},
-    "msds2": {"global": "base angle", "local": "ellipse colours"},
-}
-
 
 def _fit_to_model(images: "torch.Tensor", model: "RGFlow", resize: bool) -> "torch.Tensor":
     """uint8 (N, 3, 32, 32) MSDS images in the model's shape (an error unless `resize`)."""
@@ -87,6 +82,7 @@ def probe(
     from rgflow_core.data import read_msds_images
     from rgflow_core.figures import probe_chart
     from rgflow_core.files import check_outputs
+    from rgflow_core.msds_readers import FACTORS
     from rgflow_core.probe import msds_targets, probe_levels
 
     if alpha is not None:

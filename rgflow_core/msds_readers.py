@@ -44,6 +44,12 @@ _WRAP = 15.0  # degrees from 0/180 within which the jitter is searched with the 
 _CHUNK = 256  # images per batch: keeps every array to a few MB
 _WIN = TILE + 2  # the window that holds an ellipse at any jitter in {-1, 0, 1}
 
+# what `global_factor` and `local_factors` return for each set, in words
+FACTORS = {
+    "msds1": {"global": "base colour", "local": "ellipse angles"},
+    "msds2": {"global": "base angle", "local": "ellipse colours"},
+}
+
 
 @dataclass(frozen=True)
 class Ellipses:
