@@ -108,7 +108,8 @@ def annealed_mala(
     second = grad.pow(2)  # running mean of squared gradients: the preconditioner's source
     scale = _preconditioner(second) if precondition else torch.ones_like(v)
     anneal = int(burn_in * steps)
-    total, count, accepted, proposed = torch.zeros_like(v[0]), 0, 0.0, 0
+    total, count = torch.zeros_like(v[0]), 0
+    accepted, proposed = torch.zeros((), dtype=v.dtype, device=v.device), 0  # no sync per step
     for k in range(steps):
         # geometric cooling: T = T0 at the first step, 1 at the end of the burn-in
         t = start_temperature ** (1 - k / anneal) if k < anneal else 1.0
@@ -136,10 +137,10 @@ def annealed_mala(
             total = total + transform(v).sum(0)
             count += B
         if k >= anneal or anneal == steps:
-            accepted += float(p_accept.sum())
+            accepted = accepted + p_accept.sum()
             proposed += B
         if callback is not None:
             callback(k + 1, v)
     mean = total / count if count else transform(v).mean(0)
-    rate = accepted / proposed if proposed else float("nan")
+    rate = float(accepted) / proposed if proposed else float("nan")
     return Chains(v=v, log_prob=lp, mean=mean, accept_rate=rate, step_size=eps)

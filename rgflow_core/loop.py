@@ -147,9 +147,12 @@ class Trainer:
             if cfg.grad_clip > 0
             else torch.zeros((), device=self.device)
         )
-        bad = (~torch.isfinite(loss.detach()) | ~torch.isfinite(norm)).float()
+        bad = distributed.any_rank((~torch.isfinite(loss.detach()) | ~torch.isfinite(norm)).float())
+        # one read from the device per step: the verdict (every rank skips the same steps)
+        # and the loss for the epoch's mean
+        skip, loss_value = torch.stack([bad, loss.detach().float()]).tolist()
         p.batch += 1
-        if distributed.any_rank(bad).item():  # every rank skips the same steps
+        if skip:
             p.nonfinite += 1
             self._bad_in_a_row += 1
             if self._bad_in_a_row >= cfg.max_nonfinite:
@@ -163,7 +166,7 @@ class Trainer:
             group["lr"] = learning_rate(cfg, p.step, self.total_steps)
         self.optimizer.step()
         p.step += 1
-        p.epoch_bpd_sum += distributed.mean_over_ranks(loss.item(), self.device) * cfg.batch_size
+        p.epoch_bpd_sum += distributed.mean_over_ranks(loss_value, self.device) * cfg.batch_size
         p.epoch_images += cfg.batch_size
         return True
 
