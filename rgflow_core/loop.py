@@ -25,6 +25,7 @@ from rgflow_core.errors import TrainingError
 from rgflow_core.preprocess import dequantize, image_bpd
 
 EVAL_SEED = 1234  # dequantisation seed of every test-bpd evaluation
+TRACE_STEPS = 100  # the first steps' losses, kept so that a rerun can be checked against them
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Progress:
     epoch_images: int = 0
     epoch_seconds: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)  # one record per epoch
+    trace: list[float] = field(default_factory=list)  # bpd of the first TRACE_STEPS steps
 
 
 class Hooks:
@@ -166,7 +168,10 @@ class Trainer:
             group["lr"] = learning_rate(cfg, p.step, self.total_steps)
         self.optimizer.step()
         p.step += 1
-        p.epoch_bpd_sum += distributed.mean_over_ranks(loss_value, self.device) * cfg.batch_size
+        step_bpd = distributed.mean_over_ranks(loss_value, self.device)
+        if len(p.trace) < TRACE_STEPS:
+            p.trace.append(step_bpd)
+        p.epoch_bpd_sum += step_bpd * cfg.batch_size
         p.epoch_images += cfg.batch_size
         return True
 

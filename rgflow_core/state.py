@@ -178,9 +178,12 @@ def _check_optimizer_state(saved: Any, optimizer: torch.optim.Optimizer, bad) ->
                 raise bad(f"optimizer entry {key} of parameter {index} is not finite")
 
 
+OPTIONAL_PROGRESS = frozenset(["trace"])  # counters added later: older states lack them
+
+
 def _check_progress(progress: Any, bad) -> None:
-    names = {f.name: f for f in fields(Progress)}
-    if not isinstance(progress, dict) or set(progress) != set(names):
+    names = {f.name for f in fields(Progress)}
+    if not isinstance(progress, dict) or not names - OPTIONAL_PROGRESS <= set(progress) <= names:
         raise bad("its progress counters are malformed")
     for key in ("epoch", "step", "batch", "nonfinite", "epoch_images"):
         value = progress[key]
@@ -192,5 +195,8 @@ def _check_progress(progress: Any, bad) -> None:
     history = progress["history"]
     if not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
         raise bad("its history is malformed")
+    trace = progress.get("trace", [])
+    if not isinstance(trace, list) or not all(isinstance(v, int | float) for v in trace):
+        raise bad("its loss trace is malformed")
     if len(history) != progress["epoch"]:
         raise bad(f"it has {len(history)} epoch records for {progress['epoch']} epochs")

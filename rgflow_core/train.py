@@ -182,7 +182,7 @@ class EpochFiles:
             return None
         record = progress.history[-1]
         epoch, step = record["epoch"], record["step"]
-        metadata = self._metadata(record)
+        metadata = self._metadata(record, progress.trace)
         for path in (run.epoch_checkpoint(epoch), run.last):
             if not run.checkpoint_is(path, epoch, step):
                 run.write_checkpoint(path, self.flow, metadata)
@@ -221,8 +221,9 @@ class EpochFiles:
         self.flow.train(was_training)
         return images
 
-    def _metadata(self, record: dict[str, Any]) -> dict[str, Any]:
-        """What a checkpoint says about itself: the epoch's figures and its provenance."""
+    def _metadata(self, record: dict[str, Any], trace: list[float]) -> dict[str, Any]:
+        """What a checkpoint says about itself: the epoch's figures and its provenance
+        (with the bpd of the run's first steps, so that a rerun can be checked)."""
         return {
             "epoch": record["epoch"],
             "step": record["step"],
@@ -243,6 +244,7 @@ class EpochFiles:
                 "torch": torch.__version__,
                 "python": platform.python_version(),
             },
+            "loss_trace": trace,
         }
 
 
