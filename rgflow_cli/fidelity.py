@@ -1,7 +1,6 @@
 """`rgflow mix-fidelity`: do mixes across scales take the global factor of one MSDS image
 and the local factors of the other? Read from the pixels, over many pairs."""
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -12,7 +11,6 @@ from rgflow_cli.options import (
     CheckpointOpt,
     DeviceOpt,
     JsonOpt,
-    MSDSName,
     MSDSRootOpt,
     MSDSSetOpt,
     SeedOpt,
@@ -20,8 +18,8 @@ from rgflow_cli.options import (
 
 
 def mix_fidelity(
-    data_root: MSDSRootOpt = Path("data"),
-    dataset: MSDSSetOpt = MSDSName.msds1,
+    data_root: MSDSRootOpt = None,
+    dataset: MSDSSetOpt = None,
     pairs: Annotated[
         int, typer.Option("--pairs", help="Pairs (a, b) of test images to mix.")
     ] = 200,
@@ -43,7 +41,7 @@ def mix_fidelity(
 
     import torch
 
-    from rgflow_cli.io import open_model
+    from rgflow_cli.io import msds_data, open_model
     from rgflow_cli.progress import progress_bar
     from rgflow_core import fidelity as core
     from rgflow_core.checks import check_int
@@ -54,8 +52,8 @@ def mix_fidelity(
     from rgflow_core.msds_readers import FACTORS
 
     check_int("pairs", pairs, 1, core.MAX_PAIRS)
-    name = dataset.value
     model, _, path = open_model(checkpoint, device, allow_large)
+    data_root, name = msds_data(path, data_root, dataset and dataset.value)
     images, labels, factor = read_msds_images(data_root, name, "test")
     if len(images) < 2:
         raise DataError(f"the test split of {data_root / name} has fewer than 2 images")

@@ -22,12 +22,19 @@ def info(
     presets: Annotated[
         bool, typer.Option("--presets", help="List the shipped presets and their main settings.")
     ] = False,
+    models: Annotated[
+        bool,
+        typer.Option("--models", help="List the trained models shipped in the package (-c NAME)."),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Describe a checkpoint: architecture, size, latents per level, and its provenance
     (preset, data, epochs, bits/dim, date, versions)."""
     if presets:
         _list_presets(as_json)
+        return
+    if models:
+        _list_models(as_json)
         return
     from rgflow_core.checkpoint import read_metadata
 
@@ -81,7 +88,52 @@ def describe(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
             if "versions" not in meta
             else {}
         ),
+        **_built_in(path),
     }
+
+
+def _built_in(path: Path) -> dict[str, Any]:
+    """For a shipped model: its name and how it was made (the manifest's record)."""
+    from rgflow_core.builtin import builtin_models, builtin_name_of
+
+    name = builtin_name_of(path)
+    if name is None:
+        return {}
+    entry = builtin_models()[name]
+    return {"built_in": {"name": name, **{k: v for k, v in entry.items() if k != "loss_trace"}}}
+
+
+def _list_models(as_json: bool) -> None:
+    from rgflow_core.builtin import builtin_models, builtin_path
+
+    rows = {}
+    for name, entry in builtin_models().items():
+        rows[name] = {
+            "dataset": entry["dataset"],
+            "prior": entry["prior"],
+            "test_bpd": entry["test_bpd"],
+            "images_seen": entry["images_seen"],
+            "size_bytes": builtin_path(name).stat().st_size,
+            "file": str(builtin_path(name)),
+            "command": entry["commands"],
+            "commit": entry["commit"],
+            "torch": entry["torch"],
+            "sha256": entry["sha256"],
+        }
+    if as_json:
+        echo_json(rows)
+        return
+    if not rows:
+        typer.echo("this installation ships no built-in models")
+        return
+    for name, row in rows.items():
+        typer.echo(
+            f"{name:16s} {row['dataset']}, {row['prior']} prior: test bpd {row['test_bpd']:.4f} "
+            f"after {row['images_seen']:,} images, {row['size_bytes'] / 1e6:.1f} MB"
+        )
+        typer.echo(f"{'':16s} trained by: {'; '.join(row['command'])}")
+        typer.echo(f"{'':16s} commit {row['commit']}, torch {row['torch']}, sha256 {row['sha256']}")
+    typer.echo("use one wherever a checkpoint is asked for: -c NAME (a file of that name wins)")
 
 
 def _shown(value: Any) -> str:

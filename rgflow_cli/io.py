@@ -24,14 +24,16 @@ MAX_FOLDER_IMAGES = 100_000
 
 
 def resolve_checkpoint(checkpoint: Path | None, runs_dir: Path = Path("runs")) -> Path:
-    """The checkpoint to use: the given one, $RGFLOW_CHECKPOINT, or the newest run's last."""
+    """The checkpoint to use: the given one, $RGFLOW_CHECKPOINT, or the newest run's last;
+    a short name that is not a file means the built-in model of that name."""
+    from rgflow_core.builtin import resolve_model
     from rgflow_core.run import find_latest_checkpoint
 
     if checkpoint is not None:
-        return checkpoint
+        return resolve_model(checkpoint)
     env = os.environ.get("RGFLOW_CHECKPOINT")
     if env:
-        return Path(env)
+        return resolve_model(env)
     path = find_latest_checkpoint(runs_dir)
     typer.echo(f"using checkpoint {path}", err=True)
     return path
@@ -50,6 +52,15 @@ def open_model(
     model = load_model(path, device=dev, allow_large=allow_large)
     model.eval()
     return model, dev, path
+
+
+def msds_data(checkpoint: Path, data_root: Path | None, dataset: str | None) -> tuple[Path, str]:
+    """The MSDS set (data root, name) a command reads for the model at `checkpoint`: the
+    flags when given, else the model's own data, else data/, else a cached set generated
+    once (said on stderr). See `rgflow_core.builtin.msds_for`."""
+    from rgflow_core.builtin import msds_for
+
+    return msds_for(checkpoint, data_root, dataset, notify=lambda t: typer.echo(t, err=True))
 
 
 def folder_images(folder: Path, limit: int | None = None) -> list[Path]:

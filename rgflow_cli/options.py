@@ -40,10 +40,19 @@ class MSDSName(str, Enum):
 Dataset = Enum("Dataset", {name: name for name in DATASETS}, type=str)  # type: ignore[misc]
 
 MSDSRootOpt = Annotated[
-    Path, typer.Option("--data-root", help="Folder holding the MSDS set (DATA_ROOT/NAME).")
+    Path | None,
+    typer.Option(
+        "--data-root",
+        help="Folder holding the MSDS set (DATA_ROOT/NAME); default: the model's own data, "
+        "else data/, else a set generated once into the cache.",
+    ),
 ]
 MSDSSetOpt = Annotated[
-    MSDSName, typer.Option("--dataset", help="msds1: colour global; msds2: angle global.")
+    MSDSName | None,
+    typer.Option(
+        "--dataset",
+        help="msds1: colour global; msds2: angle global (default: the model's own set).",
+    ),
 ]
 CheckpointOpt = Annotated[
     Path | None,

@@ -6,14 +6,13 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from rgflow_cli.io import echo_json, open_model, write_bytes
+from rgflow_cli.io import echo_json, msds_data, open_model, write_bytes
 from rgflow_cli.options import (
     AllowLargeOpt,
     BatchOpt,
     CheckpointOpt,
     DeviceOpt,
     JsonOpt,
-    MSDSName,
     MSDSRootOpt,
     MSDSSetOpt,
     ResizeOpt,
@@ -47,8 +46,8 @@ def _fit_to_model(images: "torch.Tensor", model: "RGFlow", resize: bool) -> "tor
 
 
 def probe(
-    data_root: MSDSRootOpt = Path("data"),
-    dataset: MSDSSetOpt = MSDSName.msds1,
+    data_root: MSDSRootOpt = None,
+    dataset: MSDSSetOpt = None,
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Bar chart of R² by level (PNG).")
     ] = Path("probe.png"),
@@ -87,8 +86,8 @@ def probe(
 
     if alpha is not None:
         check_float("alpha", alpha, 0.0, 1e12)
-    name = dataset.value
     model, _, path = open_model(checkpoint, device, allow_large)
+    data_root, name = msds_data(path, data_root, dataset and dataset.value)
     check_outputs([output], [path])
     z, targets = {}, {}
     for split in ("train", "test"):

@@ -19,6 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 from torch import nn
 
+from rgflow_core.builtin import resolve_model
 from rgflow_core.config import ModelConfig
 from rgflow_core.errors import CheckpointError, ConfigError, RGFlowError
 from rgflow_core.files import atomic_write_bytes, missing_file_reason, strict_json
@@ -127,21 +128,24 @@ def _rgflow_metadata(f: SafetensorsFile) -> dict[str, Any]:
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The checkpoint's metadata, JSON-decoded; `config` is a `ModelConfig`."""
-    with SafetensorsFile(path) as f:
+    """The checkpoint's metadata, JSON-decoded; `config` is a `ModelConfig`. `path` may
+    name a built-in model (see `rgflow_core.builtin`)."""
+    with SafetensorsFile(resolve_model(path)) as f:
         return _rgflow_metadata(f)
 
 
 def load_model(
     path: str | Path, device: str | torch.device = "cpu", *, allow_large: bool = False
 ) -> RGFlow:
-    """Rebuild the model from a checkpoint and load its weights strictly.
+    """Rebuild the model from a checkpoint and load its weights strictly. `path` may name a
+    built-in model (`load_model("msds1")`); a file of that name wins.
 
     Raises:
         CheckpointError: the file is missing, corrupt, not an rgflow checkpoint, or its
             tensors do not match its config.
         UsageError: the model would not fit in memory (unless `allow_large`).
     """
+    path = resolve_model(path)
     with SafetensorsFile(path) as f:
         cfg = _rgflow_metadata(f)["config"]
         check_memory(cfg, device, allow_large=allow_large)  # before anything is built

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rgflow_core.builtin import builtin_names
 from rgflow_core.checkpoint import read_metadata, save_model
 from rgflow_core.config import DataConfig, Preset, load_preset
 from rgflow_core.errors import CheckpointError, RGFlowError, RunLockedError, UsageError
@@ -193,7 +194,8 @@ def find_latest_checkpoint(runs_dir: str | os.PathLike[str] = "runs") -> Path:
     if not found:
         raise CheckpointError(
             f"no checkpoint given and none found under {runs_dir}/*/checkpoints/; "
-            "train one, or give one ({checkpoint})"
+            f"train one, or give one ({{checkpoint}}): a file, or a built-in model's name "
+            f"({', '.join(builtin_names()) or 'none shipped'})"
         )
     return max(found, key=lambda p: p.stat().st_mtime)
 

@@ -66,7 +66,8 @@ def explore(
         typer.Option(
             "--images",
             help=f"Folder of images: the first {THUMBNAILS} are offered on the page, and the "
-            "latents' spread is measured on up to --samples of them.",
+            "latents' spread is measured on up to --samples of them. Default for a model of "
+            "MSDS: its test images (its own data, or a set generated once into the cache).",
         ),
     ] = None,
     host: Annotated[
@@ -99,7 +100,8 @@ def explore(
     import uvicorn
 
     from rgflow_cli.explore.app import create_app
-    from rgflow_cli.io import folder_images, open_model
+    from rgflow_cli.io import folder_images, msds_data, open_model
+    from rgflow_core.checkpoint import read_metadata
     from rgflow_core.images import read_images
     from rgflow_core.session import ExploreSession
 
@@ -108,6 +110,12 @@ def explore(
     try:
         model, dev, path = open_model(checkpoint, device, allow_large)
         cfg = model.config
+        if images is None and read_metadata(path).get("dataset") in ("msds1", "msds2"):
+            # a model of MSDS: its own test images (generated once into the cache if
+            # they are nowhere at hand), the same ones every time
+            root, name = msds_data(path, None, None)
+            images = root / name / "test"
+            paths = folder_images(images, max(samples, THUMBNAILS))
         reference = None
         if len(paths) >= 2:  # the spread of one image is no spread: then use samples
             reference = read_images(paths[:samples], cfg.channels, cfg.image_size, resize)
