@@ -97,6 +97,7 @@ class BenchResult:
     peak_memory_gb: float
     matmul_gflops: float
     train_fraction_of_matmul_peak: float
+    sample_fraction_of_matmul_peak: float
     checkpointing: bool
     compile: bool
     amp: str
@@ -182,6 +183,8 @@ def run_bench(
         matmul_gflops=peak_gflops,
         # a training step costs about 3 forward passes (forward + backward)
         train_fraction_of_matmul_peak=3 * flops * train_ips / (peak_gflops * 1e9),
+        # decoding a sample costs one pass (the inverse has the forward's matmuls)
+        sample_fraction_of_matmul_peak=flops * sample_ips / (peak_gflops * 1e9),
         checkpointing=checkpointing,
         compile=compile,
         amp=amp,
