@@ -59,7 +59,8 @@ CheckpointOpt = Annotated[
     typer.Option(
         "--checkpoint",
         "-c",
-        help="Model checkpoint; default: $RGFLOW_CHECKPOINT, else the newest under runs/.",
+        help="Model checkpoint, or a built-in model's name (msds1, msds2, ...: see "
+        "`rgflow info --models`); default: $RGFLOW_CHECKPOINT, else the newest under runs/.",
     ),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
