@@ -34,7 +34,9 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import platform
 import re
+import time
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -44,6 +46,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rgflow_core import __version__
 from rgflow_core.config import ModelConfig
 from rgflow_core.coupling import checkerboard_order
 from rgflow_core.errors import CheckpointError, ConfigError, UsageError
@@ -499,7 +502,8 @@ def import_reference(
 
     Returns:
         The model (float32 or float64, as the file's weights) and the metadata to save
-        with it: `epoch` (if the file name gives it) and `source` (format, file, sha256, ...).
+        with it: `epoch` (if the file name gives it), `source` (format, file name, sha256,
+        whether it held an optimizer and the multi-GPU prefix), `date` and `versions`.
 
     Raises:
         CheckpointError: the file cannot be read safely or is not a model rgflow can represent.
@@ -533,7 +537,17 @@ def import_reference(
         "dtype": str(dtype).removeprefix("torch."),
         "prior_scale": None if scale is None else float(scale),
     }
-    return model, {"epoch": ref.epoch, "source": source}
+    meta = {
+        "epoch": ref.epoch,
+        "source": source,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": {
+            "rgflow": __version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+    }
+    return model, meta
 
 
 def export_reference(model: torch.nn.Module, path: str | Path) -> Path:
@@ -560,3 +574,12 @@ def reference_args(cfg: ModelConfig) -> list[str]:
         f"--nmlp={cfg.n_mlp}",
         f"--nhidden={cfg.n_hidden}",
     ]
+
+
+def reference_run_name(cfg: ModelConfig) -> str:
+    """The folder name the paper's code gives runs of this architecture (its
+    `get_net_name`): its scripts look for `<out_dir>/<data>/<name>/out_save/<epoch>.state`."""
+    name = "" if cfg.prior == "gaussian" else f"{cfg.prior}_"
+    name += "" if cfg.kernel_size == 4 else f"ks{cfg.kernel_size}_"
+    nlayers = reference_args(cfg)[4].split("=", 1)[1]
+    return name + f"nl{nlayers}_nr{cfg.n_res}_nm{cfg.n_mlp}_nh{cfg.n_hidden}"
