@@ -484,7 +484,7 @@ def to_reference(model: torch.nn.Module) -> dict[str, Tensor]:
         elif key.endswith("mask_right"):
             flow[key] = 1 - left
     flow["prior.scale"] = torch.tensor(PRIOR_SCALES[cfg.prior], dtype=dtype)
-    return {k: flow[k] for k in reference_shapes(cfg)}  # the order the paper's code uses
+    return {k: flow[k] for k in reference_shapes(cfg)}
 
 
 # --- the whole import and export ----------------------------------------------------------
