@@ -67,6 +67,10 @@ SHAPES_ONLY = {
     # designs rgflow cannot represent
     "per_level_nhidden": dict(nchannels=1, L=8, kernel_size=2, prior="laplace", nlayers="1",
                               nresblocks="1", nmlp="1", nhidden="4,8,4"),
+    "per_level_nresblocks": dict(nchannels=1, L=8, kernel_size=2, prior="laplace", nlayers="1",
+                                 nresblocks="1,2,1", nmlp="1", nhidden="4"),
+    "per_level_nmlp": dict(nchannels=1, L=8, kernel_size=2, prior="laplace", nlayers="1",
+                           nresblocks="1", nmlp="2,1,1", nhidden="4"),
     "ar_subnet": dict(nchannels=1, L=8, kernel_size=2, prior="laplace", nlayers="1",
                       nresblocks="1", nmlp="1", nhidden="4", subnet="ar"),
 }  # fmt: skip

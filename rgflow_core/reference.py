@@ -106,6 +106,11 @@ def read_reference(path: str | Path) -> ReferenceState:
             f"{path} is a Git LFS pointer file, not the weights: run `git lfs pull` in the "
             "repository it came from (or download the file itself) and import that"
         )
+    if head[8:10] == b'{"' and not zipfile.is_zipfile(path):  # a safetensors header
+        raise CheckpointError(
+            f"{path} is a safetensors file (an rgflow checkpoint?), not a .state file of the "
+            "paper's code; rgflow reads it as it is"
+        )
     obj = _safe_load(path)
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path} holds no state dict of the paper's code")
@@ -139,16 +144,15 @@ def _safe_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # torch raises many types for corrupt or foreign files
-        text = str(err)
-        named = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-        if named or "Weights only load failed" in text:
-            what = f"names {named.group(1)}" if named else "holds more than tensors"
+        named = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        if named:
             raise CheckpointError(
-                f"refused {path}: its pickle {what}, not only tensors and plain containers, "
-                "and rgflow never runs code from a file (nothing in it was run)"
+                f"refused {path}: its pickle names {named.group(1)}, not only tensors and plain "
+                "containers, and rgflow never runs code from a file (nothing in it was run)"
             ) from err
         raise CheckpointError(
-            f"{path} is not a readable checkpoint of the paper's code (corrupt or truncated?)"
+            f"{path} is not a readable checkpoint of the paper's code (corrupt, truncated, "
+            "or not a torch.save file; nothing in it was run)"
         ) from err
 
 
@@ -282,11 +286,14 @@ def _net_shape(
     values = set(per_net.values())
     if len(values) > 1:
         names = ("nresblocks", "nmlp", "nhidden")
-        differ = [n for i, n in enumerate(names) if len({v[i] for v in values}) > 1]
+        differ = [
+            f"{name} ({', '.join(map(str, sorted({v[i] for v in values})))})"
+            for i, name in enumerate(names)
+            if len({v[i] for v in values}) > 1
+        ]
         raise CheckpointError(
-            f"{', '.join(differ)} differ between levels or layers "
-            f"({', '.join(sorted(str(v) for v in values))}); rgflow's nets share one value "
-            "across all levels, so this model cannot be represented"
+            f"per-level {' and '.join(differ)}: rgflow uses one nresblocks, nmlp and nhidden "
+            "for all levels, so this model cannot be represented"
         )
     n_res, n_mlp, n_hidden = values.pop()
     if n_mlp < 1:
