@@ -131,7 +131,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 1e-3  # AdamW learning rate
     lr_schedule: str = "constant"  # "constant" or "cosine" (decay to 0 over all epochs)
-    weight_decay: float = 5e-5  # AdamW decoupled weight decay (the paper's code uses 5e-5)
+    weight_decay: float = 5e-5  # AdamW decoupled weight decay (the paper's code's 2020 default)
     grad_clip: float = 1.0  # max global gradient norm (0: no clipping)
     seed: int = 0
     amp: str = "off"  # "bf16" (autocast) or "off"

@@ -39,7 +39,7 @@ def test_every_preset_loads_and_builds(name):
 def test_celeba_preset_matches_the_paper():
     preset = load_preset("celeba32")
     assert preset.model.n_layers == (8, 6, 4, 2)
-    assert (preset.train.lr, preset.train.weight_decay, preset.train.batch_size) == (1e-3, 5e-5, 64)
+    assert (preset.train.lr, preset.train.weight_decay, preset.train.batch_size) == (1e-3, 5e-2, 64)
 
 
 def test_unknown_key_names_the_closest():
