@@ -54,7 +54,7 @@ class _Sublayer:
 @dataclass
 class _Level:
     sublayers: list[_Sublayer]
-    latent_slots: Tensor  # indices into the decimator's changed set that are latents
+    latent_slots: Tensor  # indices into the last sub-layer's changed set that are latents
     coarse_slots: Tensor  # indices into it that go on to the next level
 
 
