@@ -9,6 +9,7 @@ from conftest import perturb, tiny_config
 from rgflow_core import (
     CheckpointError,
     ConfigError,
+    ModelConfig,
     build_model,
     load_model,
     load_preset,
@@ -130,3 +131,32 @@ def test_the_model_size_is_known_before_it_is_built(subnet, size):
 
     cfg = ModelConfig(**size, subnet=subnet)
     assert parameter_count(cfg) == sum(p.numel() for p in build_model(cfg).parameters())
+
+
+def test_block_grid_travels_with_the_checkpoint_and_old_ones_load_unchanged(tmp_path):
+    # the default is not written, so checkpoints and run states from before the option
+    # compare equal to today's (and older rgflow versions read today's default ones)
+    assert "block_grid" not in tiny_config().to_dict()
+    assert ModelConfig(**tiny_config().to_dict()).block_grid == "shifted_first"
+    model = perturb(build_model(tiny_config(block_grid="aligned_first")))
+    save_model(model, tmp_path / "a.safetensors")
+    loaded = load_model(tmp_path / "a.safetensors")
+    assert loaded.config.block_grid == "aligned_first"
+    assert [type(s).__name__ for s in loaded.levels[0].sublayers()] == ["BlockLayer"] * 2
+    assert loaded.levels[0].sublayers()[0] is loaded.levels[0].decimator
+    y = torch.randn(2, 1, 8, 8)
+    assert torch.equal(loaded.log_prob(y), model.log_prob(y))
+    assert load_preset("quick", {"block_grid": "aligned_first"}).to_flat()["block_grid"] == (
+        "aligned_first"
+    )
+    with pytest.raises(ConfigError, match="block_grid must be one of"):
+        load_preset("quick", {"block_grid": "diagonal"})
+
+
+def test_float64_checkpoints_load_as_float64(tmp_path):
+    model = perturb(build_model(tiny_config()).double())
+    save_model(model, tmp_path / "d.safetensors")
+    loaded = load_model(tmp_path / "d.safetensors")
+    assert next(loaded.parameters()).dtype == torch.float64
+    y = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    assert torch.equal(loaded.log_prob(y), model.log_prob(y))
