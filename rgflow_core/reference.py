@@ -39,7 +39,7 @@ import re
 import time
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,7 @@ PRIOR_SCALES = {"laplace": 1 / math.sqrt(2), "gaussian": 1.0}  # prior.scale at 
 GRIDS = ("decimator", "disentangler")  # grid 0 (aligned) and grid 1 (shifted) of a level
 NETS = ("s_layers", "t_layers")  # index 0 and 1 of rgflow's stacked nets
 MAX_KEYS = 1_000_000  # a state dict with more entries is not a model of that code
+OPTIONAL = ("saved_mean", "saved_var", "prior.scale")  # debug buffers; the prior may be given
 
 _RES_KEY = re.compile(
     r"layers\.(\d+)\.(s_layers|t_layers)\.(\d+)\.res_blocks\.(\d+)\.(\d+)\."
@@ -79,7 +80,6 @@ class ReferenceState:
     prefixed: bool
     sha256: str
     epoch: int | None  # from the file name `<epoch>.state`, if it is one
-    facts: dict[str, Any] = field(default_factory=dict)
 
 
 # --- reading -----------------------------------------------------------------------------
@@ -114,7 +114,7 @@ def read_reference(path: str | Path) -> ReferenceState:
     obj = _safe_load(path)
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path} holds no state dict of the paper's code")
-    flow = obj.get("flow") if "flow" in obj else obj
+    flow = obj.get("flow") if "flow" in obj or "optimizer" in obj else obj
     if not isinstance(flow, Mapping) or not flow:
         raise CheckpointError(f"{path} holds no flow weights ('flow' is missing or empty)")
     if len(flow) > MAX_KEYS:
@@ -131,7 +131,7 @@ def read_reference(path: str | Path) -> ReferenceState:
     match = re.fullmatch(r"(\d+)\.state", path.name)
     return ReferenceState(
         flow=state,
-        has_optimizer=isinstance(obj.get("optimizer"), Mapping) if "flow" in obj else False,
+        has_optimizer=isinstance(obj.get("optimizer"), Mapping),
         prefixed=prefixed,
         sha256=_sha256(path),
         epoch=int(match.group(1)) if match else None,
@@ -201,7 +201,7 @@ def infer_config(
     if not depth:
         raise CheckpointError("no RG layers found: not a flow of the paper's code")
     D = max(depth) + 1
-    if sorted(depth) != list(range(D)) or D % 2:
+    if len(depth) != D or D % 2:  # (never a range of D: D comes from the file)
         raise CheckpointError(
             f"the RG layers are numbered {_ranges(sorted(depth))}; the paper's code writes "
             "two per level (aligned and shifted grid), numbered from 0"
@@ -217,8 +217,8 @@ def infer_config(
         for d in (2 * h, 2 * h + 1):
             for net in NETS:
                 found = depth[d][net]
-                if found != set(range(len(found))):
-                    missing = min(set(range(max(found) + 1)) - found)
+                if found and max(found) != len(found) - 1:
+                    missing = next(i for i in range(len(found)) if i not in found)
                     raise CheckpointError(f"missing key {_net_key(d, net, missing, '...')}")
             s, t = len(depth[d]["s_layers"]), len(depth[d]["t_layers"])
             if s != t:
@@ -245,17 +245,21 @@ def infer_config(
         n_mlp=n_mlp,
         n_hidden=n_hidden,
     )
-    expected = reference_shapes(config)
-    for key, shape in expected.items():
-        if key not in shapes and not key.endswith(("saved_mean", "saved_var", "prior.scale")):
+    # Walked lazily: a few keys with large indices may imply a huge architecture, and the
+    # first missing key ends the walk before it is ever built.
+    found = 0
+    for key, shape in _reference_keys(config):
+        if key in shapes:
+            found += 1
+            if tuple(shapes[key]) != shape:
+                raise CheckpointError(
+                    f"{key} has shape {_shape(shapes[key])}, expected {_shape(shape)}"
+                )
+        elif not key.endswith(OPTIONAL):
             raise CheckpointError(f"missing key {key} (a truncated or incomplete model?)")
-        if key in shapes and tuple(shapes[key]) != shape:
-            raise CheckpointError(
-                f"{key} has shape {_shape(shapes[key])}, expected {_shape(shape)}"
-            )
-    extra = sorted(set(shapes) - set(expected))
-    if extra:
-        raise CheckpointError(_unexpected(extra[0]))
+    if found != len(shapes):
+        expected = reference_shapes(config)
+        raise CheckpointError(_unexpected(next(k for k in shapes if k not in expected)))
     return config
 
 
@@ -346,10 +350,13 @@ def _ranges(values: list[int]) -> str:
 
 def reference_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every key of the paper's flow state for the architecture `cfg`, with its shape."""
+    return dict(_reference_keys(cfg))
+
+
+def _reference_keys(cfg: ModelConfig):
     C, K = cfg.channels, cfg.kernel_size
     F = C * K * K
     widths = [F] + [cfg.n_hidden] * cfg.n_mlp + [F]
-    out: dict[str, tuple[int, ...]] = {}
     for h, n in enumerate(cfg.n_layers):
         for grid in range(2):
             d = 2 * h + grid
@@ -358,16 +365,15 @@ def reference_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
                     for r in range(cfg.n_res):
                         for k, (i, o) in enumerate(zip(widths[:-1], widths[1:])):
                             base = f"layers.{d}.{net}.{layer}.res_blocks.{r}"
-                            out[f"{base}.{2 * k}.scale"] = (i,)
-                            out[f"{base}.{2 * k + 1}.bias"] = (o,)
-                            out[f"{base}.{2 * k + 1}.weight_g"] = (o, 1)
-                            out[f"{base}.{2 * k + 1}.weight_v"] = (o, i)
+                            yield f"{base}.{2 * k}.scale", (i,)
+                            yield f"{base}.{2 * k + 1}.bias", (o,)
+                            yield f"{base}.{2 * k + 1}.weight_g", (o, 1)
+                            yield f"{base}.{2 * k + 1}.weight_v", (o, i)
                     for buf in ("scale", "saved_mean", "saved_var"):
-                        out[f"layers.{d}.{net}.{layer}.scale.{buf}"] = (F,)
-            out[f"layers.{d}.mask_left"] = (C, K, K)
-            out[f"layers.{d}.mask_right"] = (C, K, K)
-    out["prior.scale"] = ()
-    return out
+                        yield f"layers.{d}.{net}.{layer}.scale.{buf}", (F,)
+            yield f"layers.{d}.mask_left", (C, K, K)
+            yield f"layers.{d}.mask_right", (C, K, K)
+    yield "prior.scale", ()
 
 
 # --- converting ---------------------------------------------------------------------------

@@ -412,3 +412,17 @@ def test_the_legacy_torch_format_reads_too(tmp_path):
     torch.save({"flow": flow_state("laplace_k2")}, path, _use_new_zipfile_serialization=False)
     ref = read_reference(path)
     assert ref.epoch == 4 and set(ref.flow) == set(read_reference(source("laplace_k2")).flow)
+
+
+def test_large_indices_in_a_small_file_allocate_nothing():
+    """Indices come from the file: a few keys claiming a huge model fail fast, in a line."""
+    shapes = {k: tuple(v.shape) for k, v in read_reference(source("laplace_k2")).flow.items()}
+    cases = {
+        "layers.999999999999.mask_left": "numbered 0, 1, 2, 3, 4, 5, 999999999999",
+        "layers.1.s_layers.999999999999.scale.scale": "missing key layers.1.s_layers.2.",
+        "layers.1.s_layers.0.res_blocks.99999999.1.weight_v": "per-level nresblocks (2, 100000000)",
+        "layers.1.s_layers.0.res_blocks.0.99999999.weight_v": "per-level nmlp (1, 49999999)",
+    }
+    for key, message in cases.items():
+        with pytest.raises(CheckpointError, match=re.escape(message)):
+            infer_config({**shapes, key: (4, 4)})
