@@ -157,8 +157,14 @@ class RGFlow(nn.Module):
     def _layers(self):
         return (m for m in self.modules() if isinstance(m, CouplingLayer | ARLayer))
 
+    def _own_dtype(self, x: Tensor) -> Tensor:
+        """x in the model's precision: a float64 model (one imported from a float64 run, say)
+        computes in float64 whatever the precision of the data it is given, and vice versa."""
+        return x.to(next(self.parameters()).dtype)
+
     def forward(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        """y (B, C, L, L) -> z (B, C, L, L), ladj (B,)."""
+        """y (B, C, L, L) -> z (B, C, L, L), ladj (B,), in the model's dtype."""
+        y = self._own_dtype(y)
         ladj = y.new_zeros(y.shape[0])
         outs = []
         x = y
@@ -174,6 +180,7 @@ class RGFlow(nn.Module):
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """z (B, C, L, L) -> y (B, C, L, L), ladj (B,) = -ladj of forward at y."""
+        z = self._own_dtype(z)
         ladj = z.new_zeros(z.shape[0])
         views = [z[..., :: 2**h, :: 2**h] for h in range(len(self.levels))]
         y = None

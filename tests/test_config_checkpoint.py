@@ -160,3 +160,12 @@ def test_float64_checkpoints_load_as_float64(tmp_path):
     assert next(loaded.parameters()).dtype == torch.float64
     y = torch.randn(2, 1, 8, 8, dtype=torch.float64)
     assert torch.equal(loaded.log_prob(y), model.log_prob(y))
+
+
+def test_a_model_computes_in_its_own_dtype_whatever_it_is_given():
+    model = perturb(build_model(tiny_config()).double())
+    y = torch.randn(2, 1, 8, 8)  # float32 data for a float64 model
+    assert torch.equal(model.log_prob(y), model.log_prob(y.double()))
+    z, _ = model(y)
+    assert z.dtype == torch.float64 and model.inverse(z.float())[0].dtype == torch.float64
+    assert model.float().log_prob(y.double()).dtype == torch.float32
