@@ -571,18 +571,20 @@ def export_reference(model: torch.nn.Module, path: str | Path) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
+def _nlayers_arg(cfg: ModelConfig) -> str:
+    """`--nlayers` as the paper's code reads it: one number for all levels, or one each."""
+    values = cfg.n_layers
+    return str(values[0]) if len(set(values)) == 1 else ",".join(map(str, values))
+
+
 def reference_args(cfg: ModelConfig) -> list[str]:
     """The paper's command-line arguments that build this architecture (for its scripts)."""
-
-    def listed(values: tuple[int, ...]) -> str:
-        return str(values[0]) if len(set(values)) == 1 else ",".join(map(str, values))
-
     return [
         f"--nchannels={cfg.channels}",
         f"--L={cfg.image_size}",
         f"--prior={cfg.prior}",
         f"--kernel_size={cfg.kernel_size}",
-        f"--nlayers={listed(cfg.n_layers)}",
+        f"--nlayers={_nlayers_arg(cfg)}",
         f"--nresblocks={cfg.n_res}",
         f"--nmlp={cfg.n_mlp}",
         f"--nhidden={cfg.n_hidden}",
@@ -591,8 +593,8 @@ def reference_args(cfg: ModelConfig) -> list[str]:
 
 def reference_run_name(cfg: ModelConfig) -> str:
     """The folder name the paper's code gives runs of this architecture (its
-    `get_net_name`): its scripts look for `<out_dir>/<data>/<name>/out_save/<epoch>.state`."""
+    `get_net_name`, with `reference_args`): its scripts look for
+    `<out_dir>/<data>/<name>/out_save/<epoch>.state`."""
     name = "" if cfg.prior == "gaussian" else f"{cfg.prior}_"
     name += "" if cfg.kernel_size == 4 else f"ks{cfg.kernel_size}_"
-    nlayers = reference_args(cfg)[4].split("=", 1)[1]
-    return name + f"nl{nlayers}_nr{cfg.n_res}_nm{cfg.n_mlp}_nh{cfg.n_hidden}"
+    return name + f"nl{_nlayers_arg(cfg)}_nr{cfg.n_res}_nm{cfg.n_mlp}_nh{cfg.n_hidden}"

@@ -426,3 +426,16 @@ def test_large_indices_in_a_small_file_allocate_nothing():
     for key, message in cases.items():
         with pytest.raises(CheckpointError, match=re.escape(message)):
             infer_config({**shapes, key: (4, 4)})
+
+
+def test_export_names_the_papers_arguments_and_folder():
+    from rgflow_core.reference import reference_args, reference_run_name
+
+    cfg = dataclasses.replace(load_preset("celeba32").model, block_grid="aligned_first")
+    assert reference_args(cfg) == [
+        "--nchannels=3", "--L=32", "--prior=laplace", "--kernel_size=4", "--nlayers=8,6,4,2",
+        "--nresblocks=4", "--nmlp=2", "--nhidden=512",
+    ]  # fmt: skip
+    assert reference_run_name(cfg) == "laplace_nl8,6,4,2_nr4_nm2_nh512"  # the paper's own name
+    small = tiny_config(prior="gaussian", n_layers=(2, 2, 2))
+    assert reference_run_name(small) == "ks2_nl2_nr2_nm1_nh8"
