@@ -27,7 +27,7 @@ COMMANDS = [
         for name in (
             "train", "eval", "sample", "encode", "decode", "mix", "receptive-field",
             "traverse", "walk", "probe", "inpaint", "info", "make-msds", "bench", "explore",
-            "mix-fidelity",
+            "mix-fidelity", "import", "export",
         )
     ],
 ]  # fmt: skip

@@ -29,7 +29,8 @@ def info(
     as_json: JsonOpt = False,
 ) -> None:
     """Describe a checkpoint: architecture, size, latents per level, and its provenance
-    (preset, data, epochs, bits/dim, date, versions)."""
+    (preset, data, epochs, bits/dim, date, versions; for an imported model, the file it
+    came from and that file's sha256)."""
     if presets:
         _list_presets(as_json)
         return
@@ -84,6 +85,11 @@ def describe(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
         },
         "settings": meta.get("settings", UNKNOWN),
         **(
+            {"imported_from": _source(source)}
+            if isinstance(source := meta.get("source"), dict)
+            else {}
+        ),
+        **(
             {"note": "written by an rgflow that did not record where the model came from"}
             if "versions" not in meta
             else {}
@@ -134,6 +140,12 @@ def _list_models(as_json: bool) -> None:
         typer.echo(f"{'':16s} trained by: {'; '.join(row['command'])}")
         typer.echo(f"{'':16s} commit {row['commit']}, torch {row['torch']}, sha256 {row['sha256']}")
     typer.echo("use one wherever a checkpoint is asked for: -c NAME (a file of that name wins)")
+
+
+def _source(source: dict[str, Any]) -> dict[str, Any]:
+    """Where an imported model came from (`rgflow import`): the file and its format."""
+    keys = ("format", "file", "sha256", "epoch", "optimizer", "multi_gpu_prefix", "dtype")
+    return {k: source.get(k, UNKNOWN) for k in keys}
 
 
 def _shown(value: Any) -> str:

@@ -27,6 +27,7 @@ from rgflow_cli import (
     fidelity,
     info,
     inpaint,
+    interop,
     make_msds,
     mix,
     probe,
@@ -119,6 +120,8 @@ COMMANDS = {
     "inpaint": inpaint.inpaint,
     "info": info.info,
     "make-msds": make_msds.make_msds,
+    "import": interop.import_model,
+    "export": interop.export_model,
     "bench": bench.bench,
     "explore": explore.explore,
 }

@@ -27,6 +27,7 @@ _EXPORTS = {
     "preprocess": ("Preprocess", "bits_per_dim", "dequantize", "image_bpd", "quantize"),
     "priors": ("GaussianPrior", "LaplacePrior"),
     "receptive": ("receptive_field",),
+    "reference": ("export_reference", "import_reference"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)
@@ -71,3 +72,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from rgflow_core.preprocess import Preprocess, bits_per_dim, dequantize, image_bpd, quantize
     from rgflow_core.priors import GaussianPrior, LaplacePrior
     from rgflow_core.receptive import receptive_field
+    from rgflow_core.reference import export_reference, import_reference

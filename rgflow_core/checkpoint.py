@@ -137,8 +137,9 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 def load_model(
     path: str | Path, device: str | torch.device = "cpu", *, allow_large: bool = False
 ) -> RGFlow:
-    """Rebuild the model from a checkpoint and load its weights strictly. `path` may name a
-    built-in model (`load_model("msds1")`); a file of that name wins.
+    """Rebuild the model from a checkpoint and load its weights strictly, in float32, or
+    in float64 when every weight in the file is float64. `path` may name a built-in model
+    (`load_model("msds1")`); a file of that name wins.
 
     Raises:
         CheckpointError: the file is missing, corrupt, not an rgflow checkpoint, or its
@@ -150,6 +151,8 @@ def load_model(
         cfg = _rgflow_metadata(f)["config"]
         check_memory(cfg, device, allow_large=allow_large)  # before anything is built
         model = build_model(cfg)
+        if f.dtypes and all(d == "F64" for d in f.dtypes.values()):
+            model = model.double()  # a float64 model (e.g. imported from a float64 run)
         expected = {k: (tuple(v.shape), _DTYPES[v.dtype]) for k, v in model.state_dict().items()}
         found = {k: (shape, f.dtypes[k]) for k, shape in f.shapes.items()}
         if found != expected:

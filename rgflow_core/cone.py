@@ -54,7 +54,7 @@ class _Sublayer:
 @dataclass
 class _Level:
     sublayers: list[_Sublayer]
-    latent_slots: Tensor  # indices into the decimator's changed set that are latents
+    latent_slots: Tensor  # indices into the last sub-layer's changed set that are latents
     coarse_slots: Tensor  # indices into it that go on to the next level
 
 
@@ -109,7 +109,8 @@ class ConeLogProb(nn.Module):
         for h, level in enumerate(model.levels):
             M = L // 2**h
             sublayers = []
-            for layer, shift in ((level.disentangler, K // 2), (level.decimator, 0)):
+            for layer in level.sublayers():
+                shift = layer.shift
                 rows = to_blocks(x, K, shift)  # (n*n, C, K, K)
                 out, ladj = layer.bijector(rows.reshape(rows.shape[0], -1))  # ladj (n*n,)
                 slots = _block_pixels(M, K, shift).to(device)  # (n*n, K*K)

@@ -49,11 +49,14 @@ class ModelConfig:
     n_res: int = 4  # residual blocks per conditioner MLP
     n_mlp: int = 2  # hidden layers per residual block
     n_hidden: int = 512  # width of the hidden layers
+    # which block grid of a level acts first: "shifted_first" (the disentangler, as the
+    # paper writes it) or "aligned_first" (the decimator, as the paper's code runs it)
+    block_grid: str = "shifted_first"
 
     def __post_init__(self) -> None:
         _check_types(self)
         from rgflow_core.coupling import SUBNETS  # the registries import torch: only here
-        from rgflow_core.geometry import num_levels
+        from rgflow_core.geometry import BLOCK_GRIDS, num_levels
         from rgflow_core.priors import PRIORS
 
         _in_range("image_size", self.image_size, 2, MAX_IMAGE_SIZE)
@@ -65,6 +68,7 @@ class ModelConfig:
             raise ConfigError(f"channels must be 1 or 3, got {self.channels}")
         _one_of("prior", self.prior, PRIORS)
         _one_of("subnet", self.subnet, SUBNETS)
+        _one_of("block_grid", self.block_grid, BLOCK_GRIDS)
         H = num_levels(self.image_size, self.kernel_size)
         if len(self.n_layers) != H or not all(1 <= n <= MAX_DEPTH for n in self.n_layers):
             raise ConfigError(
@@ -84,8 +88,16 @@ class ModelConfig:
         return self.channels * self.image_size**2
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON/YAML types (lists for tuples), as checkpoints and run states store it."""
-        return _plain(self)
+        """Plain JSON/YAML types (lists for tuples), as checkpoints and run states store it.
+
+        `block_grid` is left out when it is the default, so that what this writes for the
+        models that existed before the option is what was written then (older checkpoints,
+        run states and latents files compare equal, and older rgflow versions read ours).
+        """
+        out = _plain(self)
+        if out["block_grid"] == _DEFAULT_BLOCK_GRID:
+            del out["block_grid"]
+        return out
 
 
 @dataclass(frozen=True)
@@ -119,7 +131,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 1e-3  # AdamW learning rate
     lr_schedule: str = "constant"  # "constant" or "cosine" (decay to 0 over all epochs)
-    weight_decay: float = 5e-5  # AdamW decoupled weight decay (the paper's code uses 5e-5)
+    weight_decay: float = 5e-5  # AdamW decoupled weight decay (the paper's code's 2020 default)
     grad_clip: float = 1.0  # max global gradient norm (0: no clipping)
     seed: int = 0
     amp: str = "off"  # "bf16" (autocast) or "off"
@@ -159,7 +171,7 @@ class Preset:
 
     def to_flat(self) -> dict[str, Any]:
         """The flat key -> value mapping a preset YAML holds (lists for tuples)."""
-        return {**_plain(self.model), **_plain(self.data), **_plain(self.train)}
+        return {**self.model.to_dict(), **_plain(self.data), **_plain(self.train)}
 
     def to_yaml(self) -> str:
         """The resolved preset as YAML text, as a run folder's config.yaml holds it."""
@@ -169,6 +181,9 @@ class Preset:
         return header + yaml.safe_dump(self.to_flat(), sort_keys=False)
 
 
+_DEFAULT_BLOCK_GRID = next(
+    f.default for f in dataclasses.fields(ModelConfig) if f.name == "block_grid"
+)
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 _KEYS = {f.name: sec for sec, cls in _SECTIONS.items() for f in dataclasses.fields(cls)}
 

@@ -2,8 +2,10 @@
 
 Level h acts on the sub-lattice image y_h = y[..., ::2**h, ::2**h] (M = L / 2**h pixels
 on a side). It applies the disentangler (one block bijector on all K x K blocks shifted by
-K/2, periodic boundary) and then the decimator (the same kind of bijector, with its own
-weights, on blocks aligned at multiples of K) - the paper's order. The pixels y_h[::2, ::2]
+K/2, periodic boundary) and the decimator (the same kind of bijector, with its own
+weights, on blocks aligned at multiples of K): by default the disentangler first, the
+paper's order; the config's `block_grid` "aligned_first" runs the decimator first, as the
+paper's public code does (`rgflow_core.geometry.BLOCK_GRIDS`). The pixels y_h[::2, ::2]
 go on to level h + 1; the other three quarters are the latent variables of level h and
 stay in place, so z has the image's shape and `latent_levels` tells each entry's level.
 
@@ -18,7 +20,7 @@ from torch import Tensor, nn
 
 from rgflow_core.config import ModelConfig
 from rgflow_core.coupling import SUBNETS, ARLayer, CouplingLayer
-from rgflow_core.geometry import from_blocks, latent_levels, to_blocks
+from rgflow_core.geometry import from_blocks, grid_shift, latent_levels, sublayer_order, to_blocks
 from rgflow_core.kernels import KERNELS
 from rgflow_core.preprocess import Preprocess, dequantize, quantize
 from rgflow_core.priors import PRIORS, Temperature
@@ -54,7 +56,8 @@ class BlockLayer(nn.Module):
 
 
 class RGLevel(nn.Module):
-    """Disentangler then decimator of one RG level."""
+    """The two sub-layers of one RG level, the disentangler (blocks shifted by K/2) and the
+    decimator (aligned blocks), applied in the order of `cfg.block_grid`."""
 
     def __init__(self, cfg: ModelConfig, n_layers: int) -> None:
         super().__init__()
@@ -65,18 +68,28 @@ class RGLevel(nn.Module):
                 cfg.channels, cfg.kernel_size, n_layers, cfg.n_hidden, cfg.n_res, cfg.n_mlp
             )
 
-        self.disentangler = BlockLayer(make(), cfg.kernel_size, cfg.kernel_size // 2)
-        self.decimator = BlockLayer(make(), cfg.kernel_size, 0)
+        K = cfg.kernel_size
+        self.disentangler = BlockLayer(make(), K, grid_shift("disentangler", K))
+        self.decimator = BlockLayer(make(), K, grid_shift("decimator", K))
+        self.order = sublayer_order(cfg.block_grid)
+
+    def sublayers(self) -> list[BlockLayer]:
+        """The two sub-layers in the order the encoder (forward) applies them."""
+        return [getattr(self, name) for name in self.order]
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        x, ladj1 = self.disentangler(x)
-        x, ladj2 = self.decimator(x)
-        return x, ladj1 + ladj2
+        ladj = x.new_zeros(x.shape[0])
+        for layer in self.sublayers():
+            x, layer_ladj = layer(x)
+            ladj = ladj + layer_ladj
+        return x, ladj
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        z, ladj1 = self.decimator.inverse(z)
-        z, ladj2 = self.disentangler.inverse(z)
-        return z, ladj1 + ladj2
+        ladj = z.new_zeros(z.shape[0])
+        for layer in reversed(self.sublayers()):
+            z, layer_ladj = layer.inverse(z)
+            ladj = ladj + layer_ladj
+        return z, ladj
 
 
 def insert_coarse(fine: Tensor, coarse: Tensor) -> Tensor:
@@ -144,8 +157,14 @@ class RGFlow(nn.Module):
     def _layers(self):
         return (m for m in self.modules() if isinstance(m, CouplingLayer | ARLayer))
 
+    def _own_dtype(self, x: Tensor) -> Tensor:
+        """x in the model's precision: a float64 model (one imported from a float64 run, say)
+        computes in float64 whatever the precision of the data it is given, and vice versa."""
+        return x.to(next(self.parameters()).dtype)
+
     def forward(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        """y (B, C, L, L) -> z (B, C, L, L), ladj (B,)."""
+        """y (B, C, L, L) -> z (B, C, L, L), ladj (B,), in the model's dtype."""
+        y = self._own_dtype(y)
         ladj = y.new_zeros(y.shape[0])
         outs = []
         x = y
@@ -161,6 +180,7 @@ class RGFlow(nn.Module):
 
     def inverse(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """z (B, C, L, L) -> y (B, C, L, L), ladj (B,) = -ladj of forward at y."""
+        z = self._own_dtype(z)
         ladj = z.new_zeros(z.shape[0])
         views = [z[..., :: 2**h, :: 2**h] for h in range(len(self.levels))]
         y = None

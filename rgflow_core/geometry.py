@@ -5,6 +5,11 @@ M = L / 2**h. Each sub-layer cuts that image into K x K blocks, aligned at multi
 (decimator) or shifted by K/2 with periodic wrap-around (disentangler), and applies one
 block bijector to all blocks at once: blocks become rows of a (B*n*n, C*K*K) matrix.
 
+Which grid comes first within a level is the model's `block_grid` (`BLOCK_GRIDS`):
+"shifted_first" (the paper's text, rgflow's default) or "aligned_first" (the paper's
+public code). No translation of the image turns one into the other, so every function
+that follows the blocks takes it.
+
 References: Hu et al., "RG-Flow", arXiv:2010.00029, section 3.
 """
 
@@ -14,6 +19,27 @@ import torch
 from torch import Tensor
 
 from rgflow_core.errors import ConfigError, UsageError
+
+# block_grid -> the sub-layers of a level in the order the encoder applies them
+BLOCK_GRIDS: dict[str, tuple[str, str]] = {
+    "shifted_first": ("disentangler", "decimator"),
+    "aligned_first": ("decimator", "disentangler"),
+}
+
+
+def grid_shift(sublayer: str, kernel_size: int) -> int:
+    """Offset of a sub-layer's block grid: K/2 for the disentangler, 0 for the decimator."""
+    return kernel_size // 2 if sublayer == "disentangler" else 0
+
+
+def sublayer_order(block_grid: str) -> tuple[str, str]:
+    """The sub-layers of a level ("disentangler", "decimator") in encoding order."""
+    try:
+        return BLOCK_GRIDS[block_grid]
+    except KeyError:
+        raise ConfigError(
+            f"block_grid must be one of {', '.join(BLOCK_GRIDS)}, got {block_grid!r}"
+        ) from None
 
 
 def num_levels(image_size: int, kernel_size: int) -> int:
@@ -102,13 +128,16 @@ def _dilate_to_blocks(mask: Tensor, kernel_size: int, shift: int) -> Tensor:
     return from_blocks(blocks, M, shift).view(M, M)
 
 
-def causal_cone(pixels: Tensor, kernel_size: int) -> list[dict[str, Tensor]]:
+def causal_cone(
+    pixels: Tensor, kernel_size: int, block_grid: str = "shifted_first"
+) -> list[dict[str, Tensor]]:
     """Where a change of some input pixels propagates in the forward (encoding) direction.
 
-    The disentangler of each level acts first, then the decimator (paper order).
+    Within each level the two sub-layers act in the order `block_grid` gives.
 
     Arguments:
         pixels: (L, L) bool mask of changed input pixels.
+        block_grid: a name in `BLOCK_GRIDS`.
 
     Returns:
         One dict per level h with (M, M) bool masks on that level's sub-lattice:
@@ -119,57 +148,59 @@ def causal_cone(pixels: Tensor, kernel_size: int) -> list[dict[str, Tensor]]:
     """
     L = pixels.shape[-1]
     H = num_levels(L, kernel_size)
+    order = sublayer_order(block_grid)
     changed = pixels.bool()
     cone = []
     for h in range(H):
-        after_dis = _dilate_to_blocks(changed, kernel_size, kernel_size // 2)
-        after_dec = _dilate_to_blocks(after_dis, kernel_size, 0)
-        latents = after_dec.clone()
+        level = {"input": changed}
+        after = changed
+        for name in order:
+            after = _dilate_to_blocks(after, kernel_size, grid_shift(name, kernel_size))
+            level[name] = after
+        latents = after.clone()
         if h < H - 1:
             latents[::2, ::2] = False
-        cone.append(
-            {
-                "input": changed,
-                "disentangler": after_dis,
-                "decimator": after_dec,
-                "latents": latents,
-            }
-        )
-        changed = after_dec[::2, ::2]
+        level["latents"] = latents
+        cone.append(level)
+        changed = after[::2, ::2]
     return cone
 
 
-def cone_latents(pixels: Tensor, kernel_size: int) -> Tensor:
+def cone_latents(pixels: Tensor, kernel_size: int, block_grid: str = "shifted_first") -> Tensor:
     """(L, L) bool mask of the latents that a change of `pixels` can change."""
     L = pixels.shape[-1]
     out = torch.zeros(L, L, dtype=torch.bool)
-    for h, level in enumerate(causal_cone(pixels, kernel_size)):
+    for h, level in enumerate(causal_cone(pixels, kernel_size, block_grid)):
         out[:: 2**h, :: 2**h] |= level["latents"]
     return out
 
 
-def generator_cone(latents: Tensor, kernel_size: int) -> Tensor:
+def generator_cone(latents: Tensor, kernel_size: int, block_grid: str = "shifted_first") -> Tensor:
     """Pixels that a change of some latents can change, in the generating direction.
 
     `causal_cone` follows the encoder (pixels -> latents); the generator runs the levels
-    top-down and each level's decimator before its disentangler. Both relations are built
-    from the same symmetric "shares a block" steps, so this one is the transpose of the
-    encoder's: pixel p is in the cone of latent l exactly when l is in `cone_latents(p)`.
+    top-down and each level's sub-layers in the reverse of the encoder's order. Both
+    relations are built from the same symmetric "shares a block" steps, so this one is the
+    transpose of the encoder's: pixel p is in the cone of latent l exactly when l is in
+    `cone_latents(p)`.
 
     Arguments:
         latents: (L, L) bool mask of latent positions.
+        block_grid: a name in `BLOCK_GRIDS`.
 
     Returns:
         (L, L) bool mask of image pixels.
     """
     L = latents.shape[-1]
     H = num_levels(L, kernel_size)
+    order = sublayer_order(block_grid)
     latents = latents.bool()
     changed = None
     for h in reversed(range(H)):
         here = latents[:: 2**h, :: 2**h].clone()  # (M, M) level-h sub-lattice
         if changed is not None:
             here[::2, ::2] |= changed
-        after_dec = _dilate_to_blocks(here, kernel_size, 0)
-        changed = _dilate_to_blocks(after_dec, kernel_size, kernel_size // 2)
+        for name in reversed(order):
+            here = _dilate_to_blocks(here, kernel_size, grid_shift(name, kernel_size))
+        changed = here
     return changed

@@ -234,6 +234,7 @@ class Reach:
     def __init__(self, model: RGFlow, seed: int = 0, rf_samples: int = 2) -> None:
         self.model = model
         self.size, self.kernel_size = model.config.image_size, model.config.kernel_size
+        self.block_grid = model.config.block_grid
         self.device, _ = model_device(model)
         self.seed = seed
         self.rf_samples = check_int("rf_samples", rf_samples, 1, 1000)
@@ -246,13 +247,13 @@ class Reach:
         """(L, L) bool: the latent positions whose generator cone reaches pixel (i, j)."""
         pixel = torch.zeros(self.size, self.size, dtype=torch.bool)
         pixel[self._position(i, j)] = True
-        return cone_latents(pixel, self.kernel_size)
+        return cone_latents(pixel, self.kernel_size, self.block_grid)
 
     def latent_cone(self, i: int, j: int) -> Tensor:
         """(L, L) bool: the pixels that the latents at position (i, j) can change."""
         latent = torch.zeros(self.size, self.size, dtype=torch.bool)
         latent[self._position(i, j)] = True
-        return generator_cone(latent, self.kernel_size)
+        return generator_cone(latent, self.kernel_size, self.block_grid)
 
     def receptive_field(self, i: int, j: int) -> Tensor:
         """(L, L) float in [0, 1]: the receptive field of the latents at position (i, j)

@@ -80,8 +80,14 @@ def test_kernels_match_the_reference(subnet, n_res):
         (2, 1, 16, (1,) * 4),
     ],
 )
-def test_flow_exact(subnet, K, C, L, n_layers):
-    cfg = tiny_config(image_size=L, channels=C, kernel_size=K, n_layers=n_layers, subnet=subnet)
+@pytest.mark.parametrize("block_grid", ["shifted_first", "aligned_first"])
+def test_flow_exact(subnet, K, C, L, n_layers, block_grid):
+    if block_grid == "aligned_first" and subnet == "ar" and L == 16:
+        pytest.skip("the grid order is covered by the other shapes; this one is the slowest")
+    cfg = tiny_config(
+        image_size=L, channels=C, kernel_size=K, n_layers=n_layers, subnet=subnet,
+        block_grid=block_grid,
+    )  # fmt: skip
     model = perturb(build_model(cfg).double())
     y = torch.randn(2, C, L, L, dtype=torch.double)
     z, ladj = model(y)

@@ -9,6 +9,7 @@ from conftest import perturb, tiny_config
 from rgflow_core import (
     CheckpointError,
     ConfigError,
+    ModelConfig,
     build_model,
     load_model,
     load_preset,
@@ -39,7 +40,7 @@ def test_every_preset_loads_and_builds(name):
 def test_celeba_preset_matches_the_paper():
     preset = load_preset("celeba32")
     assert preset.model.n_layers == (8, 6, 4, 2)
-    assert (preset.train.lr, preset.train.weight_decay, preset.train.batch_size) == (1e-3, 5e-5, 64)
+    assert (preset.train.lr, preset.train.weight_decay, preset.train.batch_size) == (1e-3, 5e-2, 64)
 
 
 def test_unknown_key_names_the_closest():
@@ -130,3 +131,41 @@ def test_the_model_size_is_known_before_it_is_built(subnet, size):
 
     cfg = ModelConfig(**size, subnet=subnet)
     assert parameter_count(cfg) == sum(p.numel() for p in build_model(cfg).parameters())
+
+
+def test_block_grid_travels_with_the_checkpoint_and_old_ones_load_unchanged(tmp_path):
+    # the default is not written, so checkpoints and run states from before the option
+    # compare equal to today's (and older rgflow versions read today's default ones)
+    assert "block_grid" not in tiny_config().to_dict()
+    assert ModelConfig(**tiny_config().to_dict()).block_grid == "shifted_first"
+    model = perturb(build_model(tiny_config(block_grid="aligned_first")))
+    save_model(model, tmp_path / "a.safetensors")
+    loaded = load_model(tmp_path / "a.safetensors")
+    assert loaded.config.block_grid == "aligned_first"
+    assert [type(s).__name__ for s in loaded.levels[0].sublayers()] == ["BlockLayer"] * 2
+    assert loaded.levels[0].sublayers()[0] is loaded.levels[0].decimator
+    y = torch.randn(2, 1, 8, 8)
+    assert torch.equal(loaded.log_prob(y), model.log_prob(y))
+    assert load_preset("quick", {"block_grid": "aligned_first"}).to_flat()["block_grid"] == (
+        "aligned_first"
+    )
+    with pytest.raises(ConfigError, match="block_grid must be one of"):
+        load_preset("quick", {"block_grid": "diagonal"})
+
+
+def test_float64_checkpoints_load_as_float64(tmp_path):
+    model = perturb(build_model(tiny_config()).double())
+    save_model(model, tmp_path / "d.safetensors")
+    loaded = load_model(tmp_path / "d.safetensors")
+    assert next(loaded.parameters()).dtype == torch.float64
+    y = torch.randn(2, 1, 8, 8, dtype=torch.float64)
+    assert torch.equal(loaded.log_prob(y), model.log_prob(y))
+
+
+def test_a_model_computes_in_its_own_dtype_whatever_it_is_given():
+    model = perturb(build_model(tiny_config()).double())
+    y = torch.randn(2, 1, 8, 8)  # float32 data for a float64 model
+    assert torch.equal(model.log_prob(y), model.log_prob(y.double()))
+    z, _ = model(y)
+    assert z.dtype == torch.float64 and model.inverse(z.float())[0].dtype == torch.float64
+    assert model.float().log_prob(y.double()).dtype == torch.float32

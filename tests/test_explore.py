@@ -194,17 +194,34 @@ def test_mix_cli(ckpts, pngs, tmp_path):
 # --- receptive fields ---
 
 
-def test_generator_cone_is_the_transpose_of_the_encoder_cone():
+@pytest.mark.parametrize("block_grid", ["shifted_first", "aligned_first"])
+def test_generator_cone_is_the_transpose_of_the_encoder_cone(block_grid):
     L, K = 16, 2
+    cones = {}
+    for a, b in [(0, 0), (5, 3), (8, 8), (2, 12), (4, 6)]:
+        latent = torch.zeros(L, L, dtype=torch.bool)
+        latent[a, b] = True
+        cones[a, b] = generator_cone(latent, K, block_grid)
     for i in range(L):
         for j in range(L):
             pixel = torch.zeros(L, L, dtype=torch.bool)
             pixel[i, j] = True
-            reach = cone_latents(pixel, K)  # latents that pixel (i, j) can change
-            for a, b in [(0, 0), (5, 3), (8, 8), (2, 12), (4, 6)]:
-                latent = torch.zeros(L, L, dtype=torch.bool)
-                latent[a, b] = True
-                assert bool(generator_cone(latent, K)[i, j]) == bool(reach[a, b])
+            reach = cone_latents(pixel, K, block_grid)  # latents that pixel (i, j) can change
+            for (a, b), cone in cones.items():
+                assert bool(cone[i, j]) == bool(reach[a, b])
+
+
+def test_receptive_field_follows_the_aligned_first_cone():
+    cfg = tiny_config(image_size=8, n_layers=(1, 1, 1), block_grid="aligned_first")
+    model = perturb(build_model(cfg).double(), scale=0.5, seed=3)
+    positions = torch.tensor([[1, 1], [2, 6], [4, 4], [0, 0]])
+    rf = receptive_field(model, positions, samples=2, generator=torch.Generator().manual_seed(0))
+    for (i, j), field in zip(positions.tolist(), rf):
+        one = torch.zeros(8, 8, dtype=torch.bool)
+        one[i, j] = True
+        cone = generator_cone(one, 2, "aligned_first")
+        assert (field[~cone] == 0).all(), (i, j)
+        assert field[cone].sum() > 0, (i, j)
 
 
 def test_receptive_field_is_zero_outside_the_cone_and_grows_with_level():

@@ -115,6 +115,20 @@ def test_incremental_decoding_is_exact_at_every_level(model):
     assert torch.equal(session.image(), decode_images(model, session.latents())[0])
 
 
+def test_aligned_first_session_decodes_incrementally_and_reaches_its_own_cones():
+    cfg = tiny_config(channels=3, block_grid="aligned_first")
+    model = perturb(build_model(cfg), scale=0.3, seed=4).eval()
+    session = ExploreSession(model, samples=4, top=2, seed=1)
+    for level in (2, 0, 1):
+        session.set_factor(level, 0, 1.5)
+        assert torch.equal(session.image(), decode_images(model, session.latents())[0])
+    pixel = torch.zeros(L, L, dtype=torch.bool)
+    pixel[3, 5] = True
+    reach = session.reach.latents_for_pixel(3, 5)
+    assert torch.equal(reach, cone_latents(pixel, 2, "aligned_first"))
+    assert not torch.equal(reach, cone_latents(pixel, 2))
+
+
 # --- the page ---------------------------------------------------------------------------
 
 

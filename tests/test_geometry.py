@@ -7,6 +7,7 @@ import torch
 from conftest import perturb, tiny_config
 
 from rgflow_core import build_model, causal_cone, cone_latents, latent_levels
+from rgflow_core.errors import ConfigError
 from rgflow_core.geometry import from_blocks, num_levels, to_blocks
 
 
@@ -41,10 +42,13 @@ def test_latent_levels():
         assert int((levels >= s).sum()) == (32 // 2**s) ** 2
 
 
+@pytest.mark.parametrize("block_grid", ["shifted_first", "aligned_first"])
 @pytest.mark.parametrize("pixel", [(5, 5), (0, 0), (15, 9)])
-def test_locality_of_level0_latents(pixel):
+def test_locality_of_level0_latents(pixel, block_grid):
     K, L = 4, 16
-    cfg = tiny_config(image_size=L, channels=3, kernel_size=K, n_layers=(1, 1, 1))
+    cfg = tiny_config(
+        image_size=L, channels=3, kernel_size=K, n_layers=(1, 1, 1), block_grid=block_grid
+    )
     model = perturb(build_model(cfg).double())
     y = torch.randn(1, 3, L, L, dtype=torch.double)
     y2 = y.clone()
@@ -61,7 +65,7 @@ def test_locality_of_level0_latents(pixel):
     # far latents are bitwise equal: everything changed lies inside the causal cone
     pixels = torch.zeros(L, L, dtype=torch.bool)
     pixels[pixel] = True
-    assert not bool((diff & ~cone_latents(pixels, K)).any())
+    assert not bool((diff & ~cone_latents(pixels, K, block_grid)).any())
 
 
 def test_causal_cone_shrinks_to_blocks_per_level():
@@ -75,3 +79,30 @@ def test_causal_cone_shrinks_to_blocks_per_level():
     for h, level in enumerate(cone):
         assert level["input"].shape == (32 // 2**h,) * 2
         assert bool((level["latents"] <= level["decimator"]).all())
+
+
+def test_each_order_stays_in_its_own_cone():
+    """The Jacobian's support lies in the cone of the model's own order, and the two orders
+    reach different latents: the order is a real difference, which the cones follow."""
+    K, L = 2, 8
+    pixels = torch.zeros(L, L, dtype=torch.bool)
+    pixels[3, 4] = True
+    y = torch.randn(1, 1, L, L, dtype=torch.double)
+    reaches = {}
+    for block_grid in ("shifted_first", "aligned_first"):
+        cfg = tiny_config(image_size=L, kernel_size=K, n_layers=(1, 1, 1), block_grid=block_grid)
+        model = perturb(build_model(cfg).double())
+        J = torch.autograd.functional.jacobian(lambda v, m=model: m(v)[0], y)[0, 0, :, :, 0, 0]
+        reaches[block_grid] = J[:, :, 3, 4] != 0
+        assert not bool((reaches[block_grid] & ~cone_latents(pixels, K, block_grid)).any())
+    assert not torch.equal(reaches["shifted_first"], reaches["aligned_first"])
+
+
+def test_block_grid_orders_differ():
+    pixels = torch.zeros(16, 16, dtype=torch.bool)
+    pixels[5, 6] = True
+    a = cone_latents(pixels, 4, "shifted_first")
+    b = cone_latents(pixels, 4, "aligned_first")
+    assert not torch.equal(a, b)
+    with pytest.raises(ConfigError, match="block_grid"):
+        causal_cone(pixels, 4, "diagonal")

@@ -40,9 +40,10 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("block_grid", ["shifted_first", "aligned_first"])
 @pytest.mark.parametrize("cfg, squares", CASES)
-def test_cone_log_prob_and_gradient_equal_full_recomputation(cfg, squares):
-    model = perturb(build_model(tiny_config(**cfg)).double(), seed=1)
+def test_cone_log_prob_and_gradient_equal_full_recomputation(cfg, squares, block_grid):
+    model = perturb(build_model(tiny_config(**cfg, block_grid=block_grid)).double(), seed=1)
     C, L = model.config.channels, model.config.image_size
     gen = torch.Generator().manual_seed(0)
     y = torch.randn(C, L, L, generator=gen, dtype=torch.double)
@@ -59,14 +60,18 @@ def test_cone_log_prob_and_gradient_equal_full_recomputation(cfg, squares):
     torch.testing.assert_close(grad, grad_ref.flatten(2)[:, :, cone.hole], rtol=1e-10, atol=1e-12)
 
 
-def test_cone_blocks_match_geometry():
-    model = build_model(tiny_config(image_size=32, channels=1, kernel_size=4, n_layers=(1,) * 4))
+@pytest.mark.parametrize("block_grid", ["shifted_first", "aligned_first"])
+def test_cone_blocks_match_geometry(block_grid):
+    cfg = tiny_config(
+        image_size=32, channels=1, kernel_size=4, n_layers=(1,) * 4, block_grid=block_grid
+    )
+    model = build_model(cfg)
     mask = _mask(32, (13, 18, 3))
     cone = ConeLogProb(model, torch.zeros(1, 32, 32), mask)
-    geometry = causal_cone(mask, 4)
+    geometry = causal_cone(mask, 4, block_grid)
     for h, level in enumerate(cone.levels):
         M = 32 // 2**h
-        for sub, key in zip(level.sublayers, ("disentangler", "decimator")):
+        for sub, key in zip(level.sublayers, model.levels[h].order):
             touched = torch.zeros(M * M, dtype=torch.bool)
             touched[sub.pixels] = True
             assert torch.equal(touched.view(M, M), geometry[h][key])
