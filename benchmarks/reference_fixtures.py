@@ -79,12 +79,13 @@ SHAPES_ONLY = {
 BATCH = 2
 
 
-def import_reference(ref_code: Path):
-    """The paper's `args`, `main` and `utils` modules, imported from `ref_code`."""
+def import_paper_code(ref_code: Path, dtype: str = "float64"):
+    """The paper's `args`, `main` and `utils` modules, imported from `ref_code`; its
+    `args` sets torch's default dtype to `dtype` at import."""
     for name in ("h5py", "skimage", "skimage.io", "skimage.transform"):
         sys.modules.setdefault(name, types.ModuleType(name))  # used by its loaders and plots only
     sys.path.insert(0, str(ref_code))
-    argv, sys.argv = sys.argv, [str(ref_code / "main.py"), "--dtype", "float64", "-o", ""]
+    argv, sys.argv = sys.argv, [str(ref_code / "main.py"), "--dtype", dtype, "-o", ""]
     try:
         import args as ref_args  # parses sys.argv and sets the default dtype, at import
         import main as ref_main
@@ -233,7 +234,7 @@ def main() -> None:
         "paper's code (rgflow_core must be importable)",
     )
     opts = parser.parse_args()
-    refs = import_reference(opts.ref_code.resolve())
+    refs = import_paper_code(opts.ref_code.resolve())
     if opts.verify_export:
         verify_export(refs, opts.out)
         return
