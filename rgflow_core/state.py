@@ -24,6 +24,7 @@ from rgflow_core.loop import Progress
 
 STATE_FORMAT = "rgflow-state/2"
 # Settings that decide what the run computes: a resume may not change them silently.
+# (`epochs` too when the learning rate follows the cosine schedule; see `load_state`.)
 TRAJECTORY_KEYS = frozenset(
     [f.name for f in fields(ModelConfig)]
     + ["dataset", "center_crop", "flip", "train_size", "test_size", "split_seed"]
@@ -91,12 +92,23 @@ def load_state(
     _check_state(path, state, flow, optimizer)
     progress = Progress(**state["progress"])
     changes = list(state.get("changes", []))
-    risky = {k: v for k, v in differences.items() if k in TRAJECTORY_KEYS}
+    # the cosine schedule is planned over the epochs: for it, their number is a setting of
+    # the trajectory (a resume with other epochs would jump to another point of the curve)
+    cosine = "cosine" in (saved.get("lr_schedule"), preset.train.lr_schedule)
+    keys = TRAJECTORY_KEYS | {"epochs"} if cosine else TRAJECTORY_KEYS
+    risky = {k: v for k, v in differences.items() if k in keys}
     if risky and not allow_changes:
+        replan = (
+            "; the cosine learning rate is planned over the epochs, and with the change the "
+            "rest of the run takes the rate that a run planned for the new epochs has at "
+            "each step"
+            if cosine and "epochs" in risky
+            else ""
+        )
         raise UsageError(
             f"resuming {run} with other settings than it was trained with "
             f"({_listed(risky)}) would change its course; use the run's own settings, or "
-            "pass {allow_changes} to continue with these (the change is recorded)"
+            "pass {allow_changes} to continue with these (the change is recorded)" + replan
         )
     if differences:
         changes.append({"epoch": progress.epoch, "step": progress.step, "changes": differences})
