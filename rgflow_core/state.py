@@ -192,9 +192,13 @@ def _check_optimizer_state(saved: Any, optimizer: torch.optim.Optimizer, bad) ->
 
 def _check_progress(progress: Any, bad) -> None:
     names = {f.name: f for f in fields(Progress)}
+    # states written before the count of non-finite steps in a row was kept lack it (0)
+    if isinstance(progress, dict) and "nonfinite_in_a_row" not in progress:
+        progress["nonfinite_in_a_row"] = 0
     if not isinstance(progress, dict) or set(progress) != set(names):
         raise bad("its progress counters are malformed")
-    for key in ("epoch", "step", "batch", "nonfinite", "epoch_images"):
+    counters = ("epoch", "step", "batch", "nonfinite", "nonfinite_in_a_row", "epoch_images")
+    for key in counters:
         value = progress[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise bad(f"its counter {key} is {value!r}")
