@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from rgflow_core import ModelConfig, build_model, image_bpd, load_model
 from rgflow_core.config import TrainConfig, preset_from_dict
 from rgflow_core.data import ImageData, load_dataset, train_batches
-from rgflow_core.errors import Interrupted, TrainingError, UsageError
+from rgflow_core.errors import DataError, Interrupted, TrainingError, UsageError
 from rgflow_core.loop import Hooks, Trainer, evaluate, learning_rate, step_noise
 from rgflow_core.preprocess import dequantize
 from rgflow_core.run import RunFolder
@@ -358,11 +358,18 @@ def test_ddp_two_gloo_processes_match_one(tmp_path):
     mp.spawn(_ddp_worker, args=(_free_port(), str(tmp_path / "ddp"), {}), nprocs=2, join=True)
     a = weights(tmp_path / "single/checkpoints/last.safetensors")
     b = weights(tmp_path / "ddp/checkpoints/last.safetensors")
+    # Not bitwise: each process takes the gradient of its half of the batch and DDP averages
+    # them, which rounds differently from one backward pass over the whole batch. Measured
+    # after one epoch (4 steps): at most 1.2e-7 in any weight, 6e-8 in the train bpd; the
+    # weights themselves moved by more than 1e-3.
+    torch.manual_seed(tiny_preset().train.seed)  # the initial weights, as train() makes them
+    init = build_model(tiny_preset().model).state_dict()
     for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-5)
+        assert float((a[k] - b[k]).abs().max()) < 1e-6, k
+    assert max(float((a[k] - init[k]).abs().max()) for k in a) > 1e-3
     ddp = json.loads((tmp_path / "ddp/metrics.jsonl").read_text().splitlines()[-1])
-    assert ddp["train_bpd"] == pytest.approx(single["train_bpd"], abs=1e-5)
-    assert ddp["test_bpd"] == pytest.approx(single["test_bpd"], abs=1e-5)
+    assert ddp["train_bpd"] == pytest.approx(single["train_bpd"], rel=0, abs=1e-6)
+    assert ddp["test_bpd"] == pytest.approx(single["test_bpd"], rel=0, abs=1e-6)
 
 
 # --- data loading and the command line --------------------------------------------------
@@ -381,7 +388,7 @@ def test_folder_dataset_and_wrong_size_names_the_file(tmp_path):
     data = load_dataset(preset.data, preset.model)
     assert data.train.shape == (12, 1, 8, 8) and data.test.shape == (4, 1, 8, 8)
     Image.new("L", (9, 8)).save(tmp_path / "imgs/train/bad.png")
-    with pytest.raises(Exception, match=r"bad\.png is 9x8"):
+    with pytest.raises(DataError, match=r"bad\.png is 9x8 but the model takes 8x8"):
         load_dataset(preset.data, preset.model)
 
 
