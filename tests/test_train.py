@@ -407,6 +407,13 @@ def test_cli_train_then_eval(tmp_path, monkeypatch, run_main):
     assert json.loads(printed)["bpd"] == pytest.approx(
         json.loads((tmp_path / "runs/tiny/metrics.jsonl").read_text())["test_bpd"], abs=1e-5
     )
+    # another batch size gives the training log's figure too (the noise is keyed by image)
+    code, out = run_main("eval", "--json", "--device", "cpu", "--batch-size", "3")
+    assert code == 0, out
+    printed = next(line for line in out.splitlines() if line.startswith("{"))
+    assert json.loads(printed)["bpd"] == pytest.approx(
+        json.loads((tmp_path / "runs/tiny/metrics.jsonl").read_text())["test_bpd"], abs=1e-6
+    )
     code, out = run_main("eval", "--json", "--device", "cpu", "--amp", "bf16")
     assert code == 0, out
     assert (
