@@ -238,3 +238,13 @@ def test_pruning_keeps_the_newest_epochs_by_number(tmp_path):
         "epoch-10000.safetensors",
         "epoch-10001.safetensors",
     ]
+
+
+def test_a_state_from_before_the_count_in_a_row_was_kept_still_resumes(tmp_path):
+    run = tmp_path / "run"
+    fit(tiny_preset(epochs=1), tiny_data(), run)
+    state = _state(run)
+    del state["progress"]["nonfinite_in_a_row"]
+    torch.save(state, run / "checkpoints/state.pt")
+    assert fit(tiny_preset(epochs=2), tiny_data(), run)["epoch"] == 2
+    assert _state(run)["progress"]["nonfinite_in_a_row"] == 0
