@@ -77,6 +77,8 @@ def load_state(
             trajectory, and `allow_changes` is False; or in the architecture.
     """
     state = _read_state(path)
+    if isinstance(state.get("progress"), dict):  # a state from before it was counted: none
+        state["progress"].setdefault("nonfinite_in_a_row", 0)
     saved = state.get("preset")
     if not isinstance(saved, dict):  # a state from before settings were recorded
         saved = {"name": preset.name, **preset.to_flat(), **state.get("model_config", {})}
@@ -192,9 +194,6 @@ def _check_optimizer_state(saved: Any, optimizer: torch.optim.Optimizer, bad) ->
 
 def _check_progress(progress: Any, bad) -> None:
     names = {f.name: f for f in fields(Progress)}
-    # states written before the count of non-finite steps in a row was kept lack it (0)
-    if isinstance(progress, dict) and "nonfinite_in_a_row" not in progress:
-        progress["nonfinite_in_a_row"] = 0
     if not isinstance(progress, dict) or set(progress) != set(names):
         raise bad("its progress counters are malformed")
     counters = ("epoch", "step", "batch", "nonfinite", "nonfinite_in_a_row", "epoch_images")
