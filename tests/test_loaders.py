@@ -71,9 +71,9 @@ def test_celeba_split_crop_and_resize_match_the_papers_code(celeba_root):
     for ours, paper in ((data.train, expected_train), (data.test, expected_test)):
         diff = (ours.int() - paper.int()).abs()
         # both resizes are bilinear with antialiasing (PIL's always is; ours asks for it);
-        # they differ in rounding only: at most one grey level, in 0.14% of the values on
-        # these pictures
-        assert diff.max() <= 1 and diff.float().mean() < 0.01
+        # they differ in rounding only: by at most one grey level, in 0.14% of the values
+        # of such pictures with torchvision 0.29, 9% with 0.22 (the oldest we accept)
+        assert diff.max() <= 1 and (diff > 0).float().mean() < 0.15
     # the images are the listed ones, in their order: each is much nearer its own file's
     # crop than any other's
     distance = (data.train.float()[:, None] - expected_train.float()[None]).abs().mean((2, 3, 4))
