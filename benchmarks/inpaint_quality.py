@@ -1,15 +1,15 @@
 """PSNR of 8x8 inpainted holes over ellipses of msds1 test images (issues 5 and 14).
 
 Every fill is scored on the same holes: an 8x8 square centred (clipped to the image) on a
-random ellipse of each of the first COUNT test images, which hides that ellipse almost
+random ellipse of each of the first `count` test images, which hides that ellipse almost
 entirely. The model's fills (`rgflow_core.inpaint`):
 
 * map: the most likely fill (Adam on log p(x), 300 steps from the local-mean fill);
-* langevin: the most likely of CHAINS posterior samples (Metropolis-adjusted Langevin,
-  STEPS steps from the image's own patches that the model finds likeliest);
+* langevin: the most likely of `--chains` posterior samples (Metropolis-adjusted
+  Langevin, `--steps` steps from the image's own patches that the model finds likeliest);
 * langevin_sample: one of those samples, at random (the average PSNR of a chain);
 * mean: the average of the samples, the posterior-mean estimate;
-* ranked_patches_mean: the average of the chains' starting patches (STEPS = 0): what the
+* ranked_patches_mean: the average of the chains' starting patches (0 steps): what the
   Langevin steps add to `mean`.
 
 Baselines that need no model: the mean colour of the known pixels; a diffusion fill from
@@ -17,8 +17,12 @@ the hole's border (`local_mean_fill`); OpenCV's Telea method (when cv2 imports);
 average of all the image's patches in the hole's shape (`patch_candidates`, unranked):
 what the model's ranking adds.
 
-    python benchmarks/inpaint_quality.py runs/quick-msds1-laplace/checkpoints/last.safetensors \\
-        data/quick --count 32 --out benchmarks/results/inpaint_quality.json
+The recorded results (benchmarks/results/inpaint_quality.json) came from this command;
+`count` (default 32) is positional:
+
+    OMP_NUM_THREADS=1 python benchmarks/inpaint_quality.py \\
+        runs/quick-msds1-laplace/checkpoints/last.safetensors data/quick 32 \\
+        --chains 16 --steps 200 --out benchmarks/results/inpaint_quality.json
 """
 
 from __future__ import annotations

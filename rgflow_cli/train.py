@@ -105,7 +105,13 @@ def train(
     data_root: Annotated[Path | None, typer.Option(help="Folder holding the dataset.")] = None,
     out: Annotated[Path, typer.Option(help="Parent folder of run folders.")] = Path("runs"),
     name: Annotated[str | None, typer.Option(help="Run name (default: the preset's name).")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Total epochs.")] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(
+            help="Total epochs (a cosine schedule's length: other epochs on resume need "
+            "--allow-changes)."
+        ),
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Global batch size.")] = None,
     lr: Annotated[float | None, typer.Option(help="AdamW learning rate.")] = None,
     device: DeviceOpt = "auto",

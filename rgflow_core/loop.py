@@ -4,7 +4,8 @@ Free of files and printing: what happens is reported through `Hooks`, and what m
 survive a restart is the `Progress` (saved by `rgflow_core.state`). All randomness is a
 function of (seed, epoch, batch): the batch order and flips of an epoch
 (`data.train_batches`) and the dequantisation noise of a step (`step_noise`), so a run
-that restarts from a saved `Progress` replays exactly what an uninterrupted one does.
+that restarts from a saved `Progress` replays exactly what an uninterrupted one does. The
+noise of an evaluation is a function of each image's index (`eval_noise`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Progress:
     step: int = 0  # optimizer steps taken in all
     batch: int = 0  # batches of the current epoch already consumed
     nonfinite: int = 0  # skipped steps in all
+    nonfinite_in_a_row: int = 0  # skipped steps since the last good one (survives a restart)
     epoch_bpd_sum: float = 0.0  # running sums of the current epoch (for its train_bpd)
     epoch_images: int = 0
     epoch_seconds: float = 0.0
@@ -79,6 +81,18 @@ def step_noise(shape: tuple[int, ...], seed: int, epoch: int, batch: int) -> Ten
     return torch.rand(shape, generator=torch.Generator().manual_seed(int(state)))
 
 
+def eval_noise(shape: tuple[int, ...], first: int, seed: int = EVAL_SEED) -> Tensor:
+    """Dequantisation noise of images `first`, `first + 1`, ... of an evaluated split
+    (`shape` = (N, C, L, L)): image i's is a function of (seed, i) only, so that the
+    figure does not depend on the batch size it is evaluated with."""
+    one = tuple(shape[1:])
+    rows = []
+    for i in range(first, first + shape[0]):
+        state = np.random.SeedSequence([seed, i, 2]).generate_state(1)[0]
+        rows.append(torch.rand(one, generator=torch.Generator().manual_seed(int(state))))
+    return torch.stack(rows) if rows else torch.empty(shape)
+
+
 class Trainer:
     """Optimises a flow with AdamW, one batch of uint8 images at a time.
 
@@ -109,7 +123,6 @@ class Trainer:
         self.hooks = hooks or Hooks()
         self.device = next(flow.parameters()).device
         self.rank, self.world = distributed.rank_world()
-        self._bad_in_a_row = 0
 
     def train_epoch(
         self, batches: Iterable[Tensor], epoch: int, checkpoint: Callable[[], None] | None = None
@@ -139,16 +152,19 @@ class Trainer:
     def step(self, k: Tensor, epoch: int) -> bool:
         """One optimizer step on uint8 images `k`; False if it was skipped (not finite)."""
         cfg, p = self.cfg, self.progress
-        noise = step_noise((cfg.batch_size, *k.shape[1:]), cfg.seed, epoch, p.batch)
+        # the global batch: every rank holds an equal share, every world-th image of it (for
+        # a full batch, cfg.batch_size images)
+        images = len(k) * self.world
+        noise = step_noise((images, *k.shape[1:]), cfg.seed, epoch, p.batch)
         x = dequantize(k, noise=noise[self.rank :: self.world]).to(self.device, non_blocking=True)
         loss = image_bpd(self.flow, x, net=self.net, amp=cfg.amp == "bf16").mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        norm = (
-            nn.utils.clip_grad_norm_(self.flow.parameters(), cfg.grad_clip)
-            if cfg.grad_clip > 0
-            else torch.zeros((), device=self.device)
-        )
+        if cfg.grad_clip > 0:
+            norm = nn.utils.clip_grad_norm_(self.flow.parameters(), cfg.grad_clip)
+        else:  # no clipping, but the guard must still see a gradient that is not finite
+            grads = [q.grad for q in self.flow.parameters() if q.grad is not None]
+            norm = nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
         bad = distributed.any_rank((~torch.isfinite(loss.detach()) | ~torch.isfinite(norm)).float())
         # one read from the device per step: the verdict (every rank skips the same steps)
         # and the loss for the epoch's mean
@@ -156,14 +172,14 @@ class Trainer:
         p.batch += 1
         if skip:
             p.nonfinite += 1
-            self._bad_in_a_row += 1
-            if self._bad_in_a_row >= cfg.max_nonfinite:
+            p.nonfinite_in_a_row += 1
+            if p.nonfinite_in_a_row >= cfg.max_nonfinite:
                 raise TrainingError(
-                    f"stopped: {self._bad_in_a_row} non-finite losses in a row at epoch {epoch}, "
-                    f"step {p.step} (try a lower learning rate)"
+                    f"stopped: {p.nonfinite_in_a_row} non-finite losses in a row at epoch "
+                    f"{epoch}, step {p.step} (try a lower learning rate)"
                 )
             return False
-        self._bad_in_a_row = 0
+        p.nonfinite_in_a_row = 0
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(cfg, p.step, self.total_steps)
         self.optimizer.step()
@@ -171,8 +187,8 @@ class Trainer:
         step_bpd = distributed.mean_over_ranks(loss_value, self.device)
         if len(p.trace) < TRACE_STEPS:
             p.trace.append(step_bpd)
-        p.epoch_bpd_sum += step_bpd * cfg.batch_size
-        p.epoch_images += cfg.batch_size
+        p.epoch_bpd_sum += step_bpd * images
+        p.epoch_images += images
         return True
 
     def train_bpd(self) -> float:
@@ -211,8 +227,10 @@ def evaluate(
 ) -> float:
     """Mean bpd of uint8 images with the fixed dequantisation seed `EVAL_SEED`.
 
-    Under torch.distributed, every rank evaluates its share of the batches and the result
-    is the same on all ranks. NaN when there are no images.
+    The noise of each image is a function of its index (`eval_noise`), so the figure does
+    not depend on `batch_size` (up to the rounding of the flow's arithmetic, which may
+    differ between batch sizes). Under torch.distributed, every rank evaluates its share
+    of the batches and the result is the same on all ranks. NaN when there are no images.
     """
     rank, world = distributed.rank_world()
     device = next(flow.parameters()).device
@@ -224,7 +242,7 @@ def evaluate(
     total = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of bpd, count)
     for b in range(rank, n_batches, world):
         k = images[b * batch_size : (b + 1) * batch_size]
-        x = dequantize(k, noise=step_noise(tuple(k.shape), EVAL_SEED, 0, b))
+        x = dequantize(k, noise=eval_noise(tuple(k.shape), b * batch_size))
         bpd = image_bpd(flow, x.to(device), amp=amp)
         total += torch.stack([bpd.double().sum(), torch.tensor(len(k), device=device).double()])
         if progress:

@@ -170,7 +170,12 @@ class RunFolder:
         """Delete all but the newest `keep` epoch checkpoints (0: keep all)."""
         if keep <= 0:
             return
-        for old in sorted(self.checkpoints.glob("epoch-*.safetensors"))[:-keep]:
+        numbered = []
+        for path in self.checkpoints.glob("epoch-*.safetensors"):
+            number = path.name[len("epoch-") : -len(".safetensors")]
+            if number.isdigit():  # by number: epoch-10000 is newer than epoch-9999
+                numbered.append((int(number), path))
+        for _, old in sorted(numbered)[:-keep]:
             old.unlink(missing_ok=True)
 
 

@@ -24,6 +24,7 @@ from rgflow_core.loop import Progress
 
 STATE_FORMAT = "rgflow-state/2"
 # Settings that decide what the run computes: a resume may not change them silently.
+# (`epochs` too when the learning rate follows the cosine schedule; see `load_state`.)
 TRAJECTORY_KEYS = frozenset(
     [f.name for f in fields(ModelConfig)]
     + ["dataset", "center_crop", "flip", "train_size", "test_size", "split_seed"]
@@ -76,6 +77,9 @@ def load_state(
             trajectory, and `allow_changes` is False; or in the architecture.
     """
     state = _read_state(path)
+    if isinstance(state.get("progress"), dict):  # a state from before these were kept
+        state["progress"].setdefault("nonfinite_in_a_row", 0)
+        state["progress"].setdefault("trace", [])
     saved = state.get("preset")
     if not isinstance(saved, dict):  # a state from before settings were recorded
         saved = {"name": preset.name, **preset.to_flat(), **state.get("model_config", {})}
@@ -91,12 +95,23 @@ def load_state(
     _check_state(path, state, flow, optimizer)
     progress = Progress(**state["progress"])
     changes = list(state.get("changes", []))
-    risky = {k: v for k, v in differences.items() if k in TRAJECTORY_KEYS}
+    # the cosine schedule is planned over the epochs: for it, their number is a setting of
+    # the trajectory (a resume with other epochs would jump to another point of the curve)
+    cosine = "cosine" in (saved.get("lr_schedule"), preset.train.lr_schedule)
+    keys = TRAJECTORY_KEYS | {"epochs"} if cosine else TRAJECTORY_KEYS
+    risky = {k: v for k, v in differences.items() if k in keys}
     if risky and not allow_changes:
+        replan = (
+            "; the cosine learning rate is planned over the epochs, and with the change the "
+            "rest of the run takes the rate that a run planned for the new epochs has at "
+            "each step"
+            if cosine and "epochs" in risky
+            else ""
+        )
         raise UsageError(
             f"resuming {run} with other settings than it was trained with "
             f"({_listed(risky)}) would change its course; use the run's own settings, or "
-            "pass {allow_changes} to continue with these (the change is recorded)"
+            "pass {allow_changes} to continue with these (the change is recorded)" + replan
         )
     if differences:
         changes.append({"epoch": progress.epoch, "step": progress.step, "changes": differences})
@@ -178,14 +193,12 @@ def _check_optimizer_state(saved: Any, optimizer: torch.optim.Optimizer, bad) ->
                 raise bad(f"optimizer entry {key} of parameter {index} is not finite")
 
 
-OPTIONAL_PROGRESS = frozenset(["trace"])  # counters added later: older states lack them
-
-
 def _check_progress(progress: Any, bad) -> None:
     names = {f.name for f in fields(Progress)}
-    if not isinstance(progress, dict) or not names - OPTIONAL_PROGRESS <= set(progress) <= names:
+    if not isinstance(progress, dict) or set(progress) != names:
         raise bad("its progress counters are malformed")
-    for key in ("epoch", "step", "batch", "nonfinite", "epoch_images"):
+    counters = ("epoch", "step", "batch", "nonfinite", "nonfinite_in_a_row", "epoch_images")
+    for key in counters:
         value = progress[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise bad(f"its counter {key} is {value!r}")

@@ -71,9 +71,13 @@ def train(
         files.publish(progress)  # what a kill after the last state save left unwritten
     if progress.epoch >= cfg.epochs:
         last = progress.history[-1] if progress.history else {}
-        hooks.message(
-            f"{run.root} already finished {progress.epoch} epochs; raise the epochs to go on"
+        how = (
+            "raise the epochs and allow the change to go on (the cosine schedule is then "
+            "re-planned over the new epochs)"
+            if cfg.lr_schedule == "cosine"
+            else "raise the epochs to go on"
         )
+        hooks.message(f"{run.root} already finished {progress.epoch} epochs; {how}")
         return last
     if progress.step:
         files.log(

@@ -135,6 +135,40 @@ def test_train_passes_the_resolved_preset_and_options(tmp_path, monkeypatch):
     assert str(seen["device"]) == "cpu"
 
 
+@pytest.mark.parametrize("flags", [True, False])
+def test_train_passes_amp_compile_checkpointing_and_tensorboard(tmp_path, monkeypatch, flags):
+    pytest.importorskip("tensorboard")
+    from rgflow_cli.train import TensorBoard
+    from rgflow_core.train import _model_and_optimizer
+
+    monkeypatch.chdir(tmp_path)
+    seen = {}
+
+    def fake_train(preset, data, run, device, hooks, *, allow_changes, allow_large):
+        seen.update(preset=preset, tensorboard=hooks.tensorboard)
+        record = {"epoch": 1, "step": 2, "images": 64, "train_bpd": 5.0, "test_bpd": 4.5}
+        hooks.epoch_end(record, torch.zeros(4, 3, 8, 8, dtype=torch.uint8))
+        return {}
+
+    monkeypatch.setattr("rgflow_core.train.train", fake_train)
+    monkeypatch.setattr("rgflow_core.data.load_dataset", lambda *a, **kw: None)
+    extra = ["--amp", "bf16", "--compile", "--checkpointing", "--tensorboard"] if flags else []
+    _ok("train", "--preset", "quick", "--set", "n_hidden=8", "--device", "cpu", "-q", *extra)
+    cfg = seen["preset"].train
+    assert (cfg.amp, cfg.compile, cfg.checkpointing) == (
+        ("bf16", True, True) if flags else ("off", False, False)
+    )
+    # the run builds what they ask for: compiled coupling passes, activation checkpointing
+    flow, _ = _model_and_optimizer(seen["preset"], torch.device("cpu"))
+    assert (flow.kernel, flow.checkpointing) == (("compiled", True) if flags else ("fast", False))
+    events = list((tmp_path / "runs/quick/tb").glob("events.out.tfevents.*"))
+    if flags:
+        assert isinstance(seen["tensorboard"], TensorBoard) and len(events) == 1
+        assert events[0].stat().st_size > 100  # the scalars and the sample grid were logged
+    else:
+        assert seen["tensorboard"] is None and not events
+
+
 def test_make_msds_passes_sizes_seed_and_workers(tmp_path, monkeypatch):
     spy = Spy(lambda *args, **kwargs: tmp_path / "msds2")
     monkeypatch.setattr("rgflow_core.msds.write_msds", spy)

@@ -73,12 +73,37 @@ def test_causal_cone_shrinks_to_blocks_per_level():
     pixels[13, 18] = True
     cone = causal_cone(pixels, 4)
     assert len(cone) == 4
-    # a single pixel touches one shifted block, then at most 4 aligned blocks (2K x 2K)
-    assert int(cone[0]["disentangler"].sum()) == 16
-    assert int(cone[0]["decimator"].sum()) <= 64
-    for h, level in enumerate(cone):
-        assert level["input"].shape == (32 // 2**h,) * 2
-        assert bool((level["latents"] <= level["decimator"]).all())
+
+    def box(M: int, rows: range, cols: range) -> torch.Tensor:
+        mask = torch.zeros(M, M, dtype=torch.bool)
+        for r in rows:
+            for c in cols:
+                mask[r % M, c % M] = True
+        return mask
+
+    # worked out by hand, K = 4. Level 0: the shifted blocks start at 2 mod 4, so pixel
+    # (13, 18) is in rows 10-13, cols 18-21; those rows and columns meet the aligned
+    # blocks of rows 8-15 and cols 16-23 (four blocks); their 16 even-even pixels go on.
+    expected = [
+        (box(32, range(13, 14), range(18, 19)), box(32, range(10, 14), range(18, 22)),
+         box(32, range(8, 16), range(16, 24))),
+        # level 1 (16 x 16): rows 4-7, cols 8-11 come in; shifted blocks rows 2-9, cols
+        # 6-13; aligned blocks rows 0-11, cols 4-15
+        (box(16, range(4, 8), range(8, 12)), box(16, range(2, 10), range(6, 14)),
+         box(16, range(0, 12), range(4, 16))),
+        # level 2 (8 x 8): rows 0-5, cols 2-7 come in; the shifted blocks that wrap around
+        # (rows and cols 6, 7, 0, 1) and the others cover everything
+        (box(8, range(0, 6), range(2, 8)), box(8, range(8), range(8)), box(8, range(8), range(8))),
+        (box(4, range(4), range(4)), box(4, range(4), range(4)), box(4, range(4), range(4))),
+    ]  # fmt: skip
+    for h, (level, (inputs, disentangler, decimator)) in enumerate(zip(cone, expected)):
+        assert torch.equal(level["input"], inputs), h
+        assert torch.equal(level["disentangler"], disentangler), h
+        assert torch.equal(level["decimator"], decimator), h
+        latents = decimator.clone()
+        if h < 3:  # the even-even pixels go on to the next level; at the top none do
+            latents[::2, ::2] = False
+        assert torch.equal(level["latents"], latents), h
 
 
 def test_each_order_stays_in_its_own_cone():

@@ -251,8 +251,15 @@ def _pixels(path) -> torch.Tensor:
         return torch.from_numpy(np.array(img.convert("RGB")))
 
 
-def test_cli_fills_and_writes_figures(files, run_main):
+def test_cli_fills_and_writes_figures(files, run_main, monkeypatch):
+    from rgflow_core import figures
+
     d = files
+    panels = []  # what the --compare panel was drawn from (then drawn for real)
+    real_panel = figures.image_panel
+    monkeypatch.setattr(
+        figures, "image_panel", lambda *a, **kw: panels.append(a) or real_panel(*a, **kw)
+    )
     code, out = run_main(
         "inpaint", d / "img.png", d / "mask.png", "-c", d / "m.safetensors",
         "-o", d / "filled.png", "--steps", "5", "--restarts", "2", "--noise", "0.3",
@@ -264,8 +271,29 @@ def test_cli_fills_and_writes_figures(files, run_main):
     known = torch.ones(8, 8, dtype=torch.bool)
     known[2:5, 3:6] = False
     assert torch.equal(filled[known], original[known])
-    assert (d / "cmp.png").is_file() and (d / "p.gif").is_file()
+    assert not torch.equal(filled[~known], original[~known])  # 5 noisy steps do not recover it
     assert sorted(p.name for p in (d / "fills").iterdir()) == ["fill_00.png", "fill_01.png"]
+    # the panel: the input with its hole painted white, the fill, the original, labelled
+    (cells,), _, labels, _ = panels[0]
+    hwc = lambda t: t.permute(1, 2, 0)  # noqa: E731
+    shown = original.clone()
+    shown[~known] = 255
+    assert torch.equal(hwc(cells[0]), shown)
+    assert torch.equal(hwc(cells[1]), filled) and torch.equal(hwc(cells[2]), original)
+    assert labels == ["input (hole white)", "filled", "original"]
+    with Image.open(d / "cmp.png") as panel:
+        assert panel.format == "PNG" and panel.width >= 2 * panel.height  # cells side by side
+    # the GIF: one frame per step (5 steps, frame_every 1) and the start, 4x zoomed; its
+    # frames change (the fill moves) and keep the known pixels
+    with Image.open(d / "p.gif") as gif:
+        frames = []
+        for i in range(gif.n_frames):
+            gif.seek(i)
+            frames.append(torch.from_numpy(np.array(gif.convert("RGB")))[::4, ::4])
+        assert gif.size == (32, 32) and gif.info["loop"] == 0
+    assert len(frames) >= 5
+    assert all(torch.equal(f[known], original[known]) for f in frames)
+    assert not torch.equal(frames[0], frames[-1])
     assert "PSNR" in out and "block evaluations per step" in out
 
 

@@ -4,6 +4,7 @@ course, and trusts no state file it cannot check."""
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import pytest
@@ -161,3 +162,89 @@ def test_an_optimizer_state_of_the_wrong_shape_is_refused_before_it_is_used(tmp_
     torch.save(state, run / "checkpoints/state.pt")
     with pytest.raises(CheckpointError, match="optimizer entry exp_avg of parameter 0"):
         fit(tiny_preset(), tiny_data(), run)
+
+
+# --- the cosine schedule on resume ----------------------------------------------------------
+
+
+def cosine_preset(**kw):
+    """The quick preset (cosine schedule) on a few random 32x32 images: 2 steps an epoch."""
+    from rgflow_core.config import load_preset
+
+    return load_preset("quick", {"epochs": 1, "train_size": 64, "test_size": 16, **kw})
+
+
+def cosine_data():
+    from rgflow_core.data import ImageData
+
+    images = torch.randint(0, 256, (80, 3, 32, 32), generator=torch.Generator().manual_seed(0))
+    images = images.to(torch.uint8)
+    return ImageData("msds1", images[:64], images[64:], source=None)
+
+
+def test_raising_the_epochs_of_a_cosine_run_is_refused_then_replanned(tmp_path):
+    from rgflow_core.loop import learning_rate
+
+    run, data = tmp_path / "run", cosine_data()
+    first = fit(cosine_preset(epochs=1), data, run)
+    assert first["lr"] == pytest.approx(0.02 * 0.5 * (1 + math.cos(math.pi / 2)))
+    # the schedule was planned for 1 epoch: going on is a change of course
+    with pytest.raises(UsageError, match=r"epochs 1 -> 3.*allow_changes"):
+        fit(cosine_preset(epochs=3), data, run)
+    assert json.loads((run / "metrics.jsonl").read_text())["epoch"] == 1
+    # explicitly: the rest of the run follows the schedule of a 3-epoch run, recorded
+    record = fit(cosine_preset(epochs=3), data, run, allow_changes=True)
+    assert record["epoch"] == 3
+    epoch2 = json.loads((run / "metrics.jsonl").read_text().splitlines()[1])
+    assert epoch2["lr"] == pytest.approx(learning_rate(cosine_preset().train, 3, 6))
+    assert "# at epoch 1, step 2: epochs 1 -> 3" in (run / "config.yaml").read_text()
+    # shortening it is refused as well
+    with pytest.raises(UsageError, match=r"epochs 3 -> 2"):
+        fit(cosine_preset(epochs=2), data, run)
+
+
+def test_a_cosine_run_resumed_mid_epoch_matches_an_uninterrupted_one(tmp_path):
+    from test_train import StopAfter
+
+    from rgflow_core.errors import Interrupted
+
+    data = cosine_data()
+    fit(cosine_preset(epochs=2), data, tmp_path / "straight")
+    with pytest.raises(Interrupted):
+        fit(cosine_preset(epochs=2), data, tmp_path / "cut", hooks=StopAfter(3))
+    fit(cosine_preset(epochs=2), data, tmp_path / "cut")
+    assert same_weights(
+        tmp_path / "straight/checkpoints/last.safetensors",
+        tmp_path / "cut/checkpoints/last.safetensors",
+    )
+
+
+def test_raising_the_epochs_of_a_constant_schedule_needs_no_permission(tmp_path):
+    run, data = tmp_path / "run", tiny_data()
+    fit(tiny_preset(epochs=1), data, run)
+    assert fit(tiny_preset(epochs=2), data, run)["epoch"] == 2
+
+
+# --- pruning ---------------------------------------------------------------------------------
+
+
+def test_pruning_keeps_the_newest_epochs_by_number(tmp_path):
+    folder = RunFolder(tmp_path / "run")
+    folder.checkpoints.mkdir(parents=True)
+    for epoch in (998, 9999, 10000, 10001):
+        folder.epoch_checkpoint(epoch).write_bytes(b"")
+    folder.prune(2)
+    assert sorted(p.name for p in folder.checkpoints.iterdir()) == [
+        "epoch-10000.safetensors",
+        "epoch-10001.safetensors",
+    ]
+
+
+def test_a_state_from_before_the_count_in_a_row_was_kept_still_resumes(tmp_path):
+    run = tmp_path / "run"
+    fit(tiny_preset(epochs=1), tiny_data(), run)
+    state = _state(run)
+    del state["progress"]["nonfinite_in_a_row"]
+    torch.save(state, run / "checkpoints/state.pt")
+    assert fit(tiny_preset(epochs=2), tiny_data(), run)["epoch"] == 2
+    assert _state(run)["progress"]["nonfinite_in_a_row"] == 0
