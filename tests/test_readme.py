@@ -10,6 +10,9 @@ The convention the README's shell blocks follow:
   step of the line, so that a command which trains for minutes runs a shortened setting
   (e.g. ``--epochs 1 --set train_size=256 --set test_size=64``). The reader's copy of the
   command is unaffected (bash ignores the comment).
+* ``cmd ...  # readme-test: serve [ARGS]``: the command serves a page until Ctrl-C
+  (`rgflow explore`). The test starts it with ARGS and ``--port`` of a free port, waits
+  until the page answers, then sends SIGINT and expects a clean exit (0 or 130).
 * ``# writes: PATH ...`` (on its own line after a command line, or as its trailing
   comment): the files that command line writes, relative to the folder it runs in; shell
   wildcards allowed. Each must exist (and not be empty) after it ran.
@@ -22,7 +25,8 @@ The convention the README's shell blocks follow:
 The folder holds links to the checkout's files (so `pip install -e .`, `.ci/...` and
 `tests/` mean what they say) and receives what the commands write (`runs/`, `data/`,
 `.venv/`). `.venv/bin/rgflow`, `.venv/bin/python` (and bare `rgflow`, `python` on the
-PATH) run this checkout with the test's interpreter, one thread each.
+PATH) run this checkout with the test's interpreter, one thread each; rgflow's cache
+(`RGFLOW_CACHE`) is inside the folder, and `BROWSER` opens nothing.
 """
 
 from __future__ import annotations
@@ -30,8 +34,12 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +54,7 @@ PROGRAMS = frozenset(
     + ["ls", "cat", "mkdir", "cp", "mv", "rm", "test", "echo", "cd", "export"]
 )
 TIMEOUT = 600  # seconds per command line
+SERVE_TIMEOUT = 300  # seconds a served page may take to answer (it may generate images first)
 
 
 @dataclass
@@ -199,15 +208,50 @@ def _environment(folder: Path) -> dict[str, str]:
         PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
         PYTHONPATH=f"{ROOT}{os.pathsep}{env['PYTHONPATH']}" if env.get("PYTHONPATH") else str(ROOT),
         OMP_NUM_THREADS="1",
+        RGFLOW_CACHE=str(folder / ".rgflow-cache"),
+        BROWSER="true",  # `--open` asks the browser named here: a command that does nothing
     )
     return env
 
 
+def _serve(step: str, folder: Path, where: str) -> None:
+    """Run a command that serves a page until Ctrl-C: it must answer, then stop cleanly."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        ["bash", "-c", f"exec {step} --port {port}"], cwd=folder, env=_environment(folder),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + SERVE_TIMEOUT
+        while True:
+            assert server.poll() is None, f"{where} exited {server.returncode} while serving"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as page:
+                    assert page.status == 200 and b"<html" in page.read().lower()
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, f"{where} did not answer on port {port}"
+                time.sleep(0.5)
+        server.send_signal(signal.SIGINT)
+        output, _ = server.communicate(timeout=60)
+        assert server.returncode in (0, 130), f"{where} stopped with {server.returncode}:\n{output}"
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
+
+
 def run_line(entry: CommandLine, folder: Path) -> None:
     """Take every step of a command line, then check the files it says it writes."""
+    extra, serve = entry.extra, entry.extra.split()[:1] == ["serve"]
+    if serve:
+        extra = extra[len("serve") :].strip()
     for i, step in enumerate(entry.steps):
-        if i == len(entry.steps) - 1 and entry.extra:
-            step = f"{step} {entry.extra}"
+        last = i == len(entry.steps) - 1
+        if last and extra:
+            step = f"{step} {extra}"
         where = f"README.md:{entry.line}: {step!r}"
         stand_in = next((fn for pattern, fn in STAND_INS if pattern.fullmatch(step)), None)
         if stand_in is not None:
@@ -219,6 +263,9 @@ def run_line(entry: CommandLine, folder: Path) -> None:
                 f"{where}: the test does not know how to run {program!r}; add it to "
                 "PROGRAMS or STAND_INS in tests/test_readme.py"
             )
+        if serve and last:
+            _serve(step, folder, where)
+            continue
         done = subprocess.run(
             ["bash", "-e", "-o", "pipefail", "-c", step], cwd=folder, env=_environment(folder),
             capture_output=True, text=True, timeout=TIMEOUT, check=False,
