@@ -3,7 +3,8 @@ temporary folder, and must exit 0 and leave the files it says it writes.
 
 The convention the README's shell blocks follow:
 
-* A block is read line by line. A line ending in ``\\`` continues on the next. A line
+* A ```python block is run as a script with the test's interpreter, in its place.
+* A bash block is read line by line. A line ending in ``\\`` continues on the next. A line
   that starts with ``#`` is prose for the reader, except the markers below. Every other
   line is a command line; ``&&`` splits it into steps, run in order as bash runs them.
 * ``cmd ...  # readme-test: ARGS`` (a trailing comment): the test appends ARGS to the last
@@ -48,6 +49,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 BLOCK = re.compile(r"^```bash[ \t]*\n(.*?)^```", re.S | re.M)
+PYTHON_BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```", re.S | re.M)
 # programs a README step may start with (relative paths are under the run folder)
 PROGRAMS = frozenset(
     [".venv/bin/rgflow", ".venv/bin/python", "rgflow", "python", "python3", "torchrun"]
@@ -65,6 +67,7 @@ class CommandLine:
     extra: str = ""  # appended to the last step (`# readme-test:`)
     writes: list[str] = field(default_factory=list)  # `# writes:`
     line: int = 0  # in README.md, for messages
+    python: str = ""  # a ```python block: run as a script, in its place among the commands
 
 
 def _split_comment(line: str) -> tuple[str, str]:
@@ -103,7 +106,8 @@ def _split_steps(command: str) -> list[str]:
 
 
 def parse_blocks(text: str) -> list[CommandLine]:
-    """Every command line of every ```bash block of a markdown text, in order."""
+    """Every command line of every ```bash block, and every ```python block, of a
+    markdown text, in order."""
     lines: list[CommandLine] = []
     for block in BLOCK.finditer(text):
         first = text.count("\n", 0, block.start(1)) + 1
@@ -142,6 +146,10 @@ def parse_blocks(text: str) -> list[CommandLine]:
                 elif part.startswith("writes:"):
                     entry.writes += part[len("writes:") :].split()
             lines.append(entry)
+    for block in PYTHON_BLOCK.finditer(text):
+        number = text.count("\n", 0, block.start(1))  # the line of the opening fence
+        lines.append(CommandLine([], line=number, python=block.group(1)))
+    lines.sort(key=lambda entry: entry.line)
     return lines
 
 
@@ -245,6 +253,15 @@ def _serve(step: str, folder: Path, where: str) -> None:
 
 def run_line(entry: CommandLine, folder: Path) -> None:
     """Take every step of a command line, then check the files it says it writes."""
+    if entry.python:
+        done = subprocess.run(
+            [sys.executable, "-c", entry.python], cwd=folder, env=_environment(folder),
+            capture_output=True, text=True, timeout=TIMEOUT, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, (
+            f"README.md:{entry.line}: the python block failed:\n{done.stdout}{done.stderr}"
+        )
+        return
     extra, serve = entry.extra, entry.extra.split()[:1] == ["serve"]
     if serve:
         extra = extra[len("serve") :].strip()
@@ -295,7 +312,8 @@ def test_markers_continuations_and_steps_are_read():
         '    --preset "a # b"  # readme-test: --epochs 1\n# writes: runs/x/*.png out.txt\n'
         "rgflow info  # writes: info.json\n```\n```python\nprint(1)\n```\n"
     )
-    first, second = parse_blocks(text)
+    first, second, script = parse_blocks(text)
+    assert (script.steps, script.python, script.line) == ([], "print(1)\n", 9)
     assert first.steps == ["python3 -m venv .venv", '.venv/bin/rgflow train --preset "a # b"']
     assert (first.extra, first.writes, first.line) == ("--epochs 1", ["runs/x/*.png", "out.txt"], 4)
     assert (second.steps, second.writes, second.line) == (["rgflow info"], ["info.json"], 7)
