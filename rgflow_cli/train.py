@@ -1,6 +1,7 @@
 """`rgflow train` and `rgflow eval`: the CLI over rgflow_core.train and rgflow_core.loop."""
 
 import signal
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -21,7 +22,7 @@ from rgflow_cli.options import (
     Split,
 )
 from rgflow_cli.progress import new_bar
-from rgflow_core.errors import UsageError
+from rgflow_core.errors import Interrupted, RGFlowError, UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -29,9 +30,12 @@ if TYPE_CHECKING:
     from rgflow_core.config import DataConfig
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and a scheduler's notice
+
+
 class RichHooks:
-    """Progress bar per epoch, summary lines, TensorBoard (optional), and Ctrl-C turned
-    into a clean stop. Implements `rgflow_core.loop.Hooks`."""
+    """Progress bar per epoch, summary lines, TensorBoard (optional), and Ctrl-C or
+    SIGTERM turned into a clean stop. Implements `rgflow_core.loop.Hooks`."""
 
     def __init__(self, quiet: bool, tensorboard: Any = None) -> None:
         from rich.progress import TextColumn
@@ -66,8 +70,10 @@ class RichHooks:
     def stop_requested(self) -> bool:
         return self.stop
 
-    def on_sigint(self, signum, frame) -> None:
-        if self.stop:  # a second Ctrl-C: stop now
+    def on_signal(self, signum, frame) -> None:
+        """The first signal asks for a stop (agreed by all ranks at the next step, the
+        state saved); a second one aborts at once."""
+        if self.stop:
             raise KeyboardInterrupt
         self.stop = True
         self.message("stopping after this step and saving the state (Ctrl-C again to abort)")
@@ -130,6 +136,13 @@ def train(
     checkpointing: Annotated[
         bool, typer.Option("--checkpointing", help="Activation checkpointing: less memory.")
     ] = False,
+    deterministic: Annotated[
+        bool,
+        typer.Option(
+            "--deterministic",
+            help="Deterministic GPU kernels: a run repeats bitwise (slower; CPU runs always do).",
+        ),
+    ] = False,
     tensorboard: Annotated[
         bool, typer.Option("--tensorboard", help="Also log to RUN/tb/ (rgflow[tensorboard]).")
     ] = False,
@@ -140,6 +153,7 @@ def train(
     """Train a model; the same command again continues an interrupted run."""
     from rgflow_core import distributed
     from rgflow_core.config import load_preset, parse_overrides
+    from rgflow_core.device import use_deterministic_algorithms
     from rgflow_core.run import RunFolder
     from rgflow_core.train import train as train_run
 
@@ -162,6 +176,8 @@ def train(
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out} is a file; give a folder to hold run folders", "out")
 
+    if deterministic:
+        use_deterministic_algorithms()
     dev = distributed.init(device)
     rank = distributed.rank_world()[0]
     try:
@@ -171,17 +187,26 @@ def train(
             hooks = RichHooks(quiet or rank != 0, board)
             with distributed.rank_zero_first():
                 data = _load_data(cfg, hooks.quiet)
-            previous = signal.signal(signal.SIGINT, hooks.on_sigint)
+            previous = {sig: signal.signal(sig, hooks.on_signal) for sig in STOP_SIGNALS}
             try:
                 with hooks.bar:
                     record = train_run(
                         cfg, data, run, dev, hooks,
                         allow_changes=allow_changes, allow_large=allow_large,
                     )  # fmt: skip
+            except Interrupted:
+                _stopped_together(rank)
+                raise
             finally:
-                signal.signal(signal.SIGINT, previous)
+                for sig, handler in previous.items():
+                    if signal.getsignal(sig) == hooks.on_signal:
+                        signal.signal(sig, handler)
                 if board is not None:
                     board.close()
+    except RGFlowError as err:
+        if rank != 0 and getattr(err, "every_rank", False):
+            sys.exit(1)  # rank 0 says why, once
+        raise
     finally:
         distributed.shutdown()
     if rank == 0 and record:
@@ -191,6 +216,24 @@ def train(
             f"done: test bpd {'n/a' if test is None else f'{test:.4f}'} after "
             f"{record['epoch']} epochs; checkpoint {run.last}, samples {samples}"
         )
+
+
+def _stopped_together(rank: int) -> None:
+    """After a stop that every rank agreed to (the state saved): rank 0 alone says so.
+
+    The other ranks leave at once, silently; torchrun then signals what is left of the
+    job, so rank 0 first stops listening to signals, lest one cut its line short.
+    """
+    from rgflow_core import distributed
+
+    if distributed.rank_world()[1] == 1:
+        return
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    distributed.barrier()  # the others go only once rank 0 cannot be cut short
+    if rank != 0:
+        distributed.shutdown()
+        sys.exit(130)
 
 
 def _load_data(cfg, quiet: bool):

@@ -3,19 +3,31 @@ wrap and the reductions the loop needs. With one process every function is a no-
 
 Launched by `torchrun`, each process reads RANK, WORLD_SIZE and LOCAL_RANK from its
 environment; NCCL joins GPUs and gloo CPUs (so that this is testable without a GPU).
+
+The ranks stop together: a refusal on one rank (`all_or_none`) or a stop asked of one
+(folded into the loop's per-step `any_rank`) holds for all of them, so that none is left
+waiting in a collective and the message is said once, by rank 0.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from rgflow_core.device import resolve_device
+from rgflow_core.errors import RGFlowError, UsageError
+
+T = TypeVar("T")
+# How long a rank waits in a collective for the others: long enough for rank 0 to decode
+# a large data set or write a large state (NCCL's own default is 10 minutes).
+TIMEOUT = timedelta(minutes=30)
 
 
 def rank_world() -> tuple[int, int]:
@@ -25,15 +37,32 @@ def rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-def init(device: str = "auto") -> torch.device:
-    """Join the process group when launched by torchrun; return this process's device."""
+def init(device: str = "auto", timeout: timedelta = TIMEOUT) -> torch.device:
+    """Join the process group when launched by torchrun; return this process's device.
+
+    Under torchrun each process on a machine takes the GPU of its local rank: `cuda` (or
+    `auto`) means that one, and `cuda:N` is honoured only with one process per machine.
+
+    Raises:
+        UsageError: the device is unknown or absent, or `cuda:N` with several processes
+            on this machine.
+    """
     dev = resolve_device(device)
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return dev
     if dev.type == "cuda":
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        if dev.index is not None and local_world > 1:
+            raise UsageError(
+                f"{device}: under torchrun each of the {local_world} processes on this machine "
+                f"uses the GPU of its local rank; ask for cuda (and choose the GPUs with "
+                "CUDA_VISIBLE_DEVICES)",
+                "device",
+            )
+        dev = torch.device("cuda", local_rank if dev.index is None else dev.index)
         torch.cuda.set_device(dev)
-    dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=timeout)
     return dev
 
 
@@ -52,6 +81,37 @@ def rank_zero_first() -> Iterator[None]:
     yield
     if world > 1 and rank == 0:
         dist.barrier()
+
+
+def barrier() -> None:
+    """Wait until every rank is here."""
+    if rank_world()[1] > 1:
+        dist.barrier()
+
+
+def all_or_none(fn: Callable[[], T]) -> T:
+    """`fn()` on every rank, or the first refusal on any rank raised on all of them.
+
+    A check that fails on one rank only (its free memory, a file on its machine) would
+    otherwise end that rank alone and leave the others waiting. The error raised on the
+    other ranks is the failing rank's own, marked `every_rank = True`: every rank has it,
+    so rank 0 alone need say it.
+    """
+    rank, world = rank_world()
+    if world == 1:
+        return fn()
+    result, error = None, None
+    try:
+        result = fn()
+    except RGFlowError as err:
+        error = err
+    errors: list[RGFlowError | None] = [None] * world
+    dist.all_gather_object(errors, error)
+    first = next((e for e in errors if e is not None), None)
+    if first is not None:
+        first.every_rank = True
+        raise first
+    return result  # type: ignore[return-value]
 
 
 def wrap(model: nn.Module, device: torch.device) -> nn.Module:
