@@ -270,13 +270,15 @@ def evaluate(
     from rgflow_core.checkpoint import read_metadata
     from rgflow_core.checks import check_int
     from rgflow_core.data import load_dataset
+    from rgflow_core.device import check_amp
     from rgflow_core.loop import evaluate as evaluate_bpd
 
     check_int("batch_size", batch_size, 1, 1 << 14)
     path = resolve_checkpoint(checkpoint)
     meta = read_metadata(path)
     data_cfg = _data_config(path, meta, dataset.value if dataset else None, data_root)
-    model, _, _ = open_model(path, device, allow_large)
+    model, dev, _ = open_model(path, device, allow_large)
+    check_amp(dev, amp.value)
     data = load_dataset(data_cfg, meta["config"], splits=(split.value,), generate=False)
     images = data.train if split is Split.train else data.test
     if len(images) == 0:
