@@ -185,8 +185,7 @@ def train(
         with RunFolder(out / run_name).open(True if resume else None, lock=rank == 0) as run:
             board = TensorBoard(run.root / "tb") if tensorboard and rank == 0 else None
             hooks = RichHooks(quiet or rank != 0, board)
-            with distributed.rank_zero_first():
-                data = _load_data(cfg, hooks.quiet)
+            data = _load_data(cfg, hooks.quiet)
             previous = {sig: signal.signal(sig, hooks.on_signal) for sig in STOP_SIGNALS}
             try:
                 with hooks.bar:
@@ -237,16 +236,24 @@ def _stopped_together(rank: int) -> None:
 
 
 def _load_data(cfg, quiet: bool):
-    """The preset's dataset, with a progress bar (generating MSDS if it is missing)."""
-    from rgflow_core.data import load_dataset
+    """The preset's dataset, with a progress bar (generating MSDS if it is missing);
+    under torchrun decoded by one process per machine and shared with the others."""
+    from rgflow_core import distributed
+    from rgflow_core.data import ImageData, load_dataset
 
-    with new_bar(quiet=quiet) as bar:
-        task = bar.add_task("loading data", total=None)
+    def load() -> dict[str, Any]:
+        with new_bar(quiet=quiet) as bar:
+            task = bar.add_task("loading data", total=None)
 
-        def progress(what: str, done: int, total: int) -> None:
-            bar.update(task, description=what, completed=done, total=total)
+            def progress(what: str, done: int, total: int) -> None:
+                bar.update(task, description=what, completed=done, total=total)
 
-        return load_dataset(cfg.data, cfg.model, progress)
+            data = load_dataset(cfg.data, cfg.model, progress)
+        return {"name": data.name, "source": str(data.source), "train": data.train,
+                "test": data.test}  # fmt: skip
+
+    shared = distributed.once_per_machine(load)
+    return ImageData(shared["name"], shared["train"], shared["test"], Path(shared["source"]))
 
 
 def evaluate(

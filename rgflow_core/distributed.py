@@ -12,10 +12,11 @@ waiting in a collective and the message is said once, by rank 0.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import tempfile
+from collections.abc import Callable
 from datetime import timedelta
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -72,17 +73,6 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-@contextmanager
-def rank_zero_first() -> Iterator[None]:
-    """Run the block on rank 0 before the others (e.g. generating a dataset once)."""
-    rank, world = rank_world()
-    if world > 1 and rank != 0:
-        dist.barrier()
-    yield
-    if world > 1 and rank == 0:
-        dist.barrier()
-
-
 def barrier() -> None:
     """Wait until every rank is here."""
     if rank_world()[1] > 1:
@@ -112,6 +102,37 @@ def all_or_none(fn: Callable[[], T]) -> T:
         first.every_rank = True
         raise first
     return result  # type: ignore[return-value]
+
+
+def once_per_machine(make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """`make()` (tensors and strings) computed by one process per machine and shared with
+    the others there through a memory-mapped file, so that a data set is decoded once per
+    machine, not once per process, and held in memory once.
+
+    Rank 0 goes first (it may generate a missing data set in a shared folder), then one
+    process on every other machine; a failure on any of them is raised on every rank.
+    """
+    rank, world = rank_world()
+    if world == 1:
+        return make()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    run = os.environ.get("TORCHELASTIC_RUN_ID", "") + os.environ.get("MASTER_PORT", "")
+    path = Path(tempfile.gettempdir()) / f"rgflow-shared-{run}-{os.getuid()}.pt"
+
+    def write(mine: bool) -> None:
+        if mine:
+            part = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            torch.save(make(), part)
+            os.replace(part, path)
+
+    all_or_none(lambda: write(rank == 0))
+    all_or_none(lambda: write(local == 0 and rank != 0))
+    try:
+        return torch.load(path, mmap=True, weights_only=True)
+    finally:
+        barrier()  # every process of the machine has mapped it: the name can go
+        if local == 0:
+            path.unlink(missing_ok=True)
 
 
 def wrap(model: nn.Module, device: torch.device) -> nn.Module:

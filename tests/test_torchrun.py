@@ -27,12 +27,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Launched by torchrun in place of `python -m rgflow_cli`: each step sleeps a little (so
 # that a signal lands mid-run) and rank 0 writes the steps done to a file the test
-# watches; RGFLOW_TEST_REFUSE_RANK makes that rank's memory check refuse.
+# watches, and each rank that decodes the data says so; RGFLOW_TEST_REFUSE_RANK makes
+# that rank's memory check refuse.
 ENTRY = """
 import os, sys, time
 from pathlib import Path
 
-from rgflow_core import loop, train
+from rgflow_core import data, loop, train
 from rgflow_core.errors import UsageError
 
 mark, rank = Path(os.environ["RGFLOW_TEST_MARK"]), int(os.environ["RANK"])
@@ -53,6 +54,13 @@ def refuse(*args, **kwargs):
     raise UsageError(f"rank {rank} has no memory left")
 
 
+def load_dataset(*args, **kwargs):
+    (mark / f"decoded-{rank}").touch()
+    return decode(*args, **kwargs)
+
+
+decode = data.load_dataset
+data.load_dataset = load_dataset
 loop.Trainer.step = slow_step
 if os.environ.get("RGFLOW_TEST_REFUSE_RANK") == str(rank):
     train.check_memory = refuse
@@ -143,6 +151,8 @@ def _ours(lines: list[str]) -> list[str]:
 def test_signals_stop_every_rank_and_the_same_command_resumes_bitwise(job, tmp_path):
     code, out = job("straight")
     assert code == 0 and _ours(out)[-1].startswith("done:"), out
+    decoded = sorted(p.name for p in (tmp_path / "mark-straight").glob("decoded-*"))
+    assert decoded == ["decoded-0"]  # once on this machine, shared with rank 1
     runs = tmp_path / "runs"
     steps = []
     # Ctrl-C to the whole job in epoch 1, SIGTERM (a scheduler's notice) in epoch 2, and
