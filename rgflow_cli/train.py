@@ -1,5 +1,6 @@
 """`rgflow train` and `rgflow eval`: the CLI over rgflow_core.train and rgflow_core.loop."""
 
+import contextlib
 import signal
 import sys
 from pathlib import Path
@@ -181,9 +182,19 @@ def train(
     dev = distributed.init(device)
     rank = distributed.rank_world()[0]
     try:
-        # the lock and the folder checks come before minutes are spent on the data
-        with RunFolder(out / run_name).open(True if resume else None, lock=rank == 0) as run:
-            board = TensorBoard(run.root / "tb") if tensorboard and rank == 0 else None
+        with contextlib.ExitStack() as owned:
+
+            def own() -> tuple[RunFolder, TensorBoard | None]:
+                folder = RunFolder(out / run_name).open(True if resume else None, lock=rank == 0)
+                run = owned.enter_context(folder)
+                board = TensorBoard(run.root / "tb") if tensorboard and rank == 0 else None
+                if board is not None:
+                    owned.callback(board.close)
+                return run, board
+
+            # the lock and the folder checks come before minutes are spent on the data; a
+            # refusal on rank 0 (which alone takes the lock) ends every rank
+            run, board = distributed.all_or_none(own)
             hooks = RichHooks(quiet or rank != 0, board)
             data = _load_data(cfg, hooks.quiet)
             previous = {sig: signal.signal(sig, hooks.on_signal) for sig in STOP_SIGNALS}
@@ -200,9 +211,7 @@ def train(
                 for sig, handler in previous.items():
                     if signal.getsignal(sig) == hooks.on_signal:
                         signal.signal(sig, handler)
-                if board is not None:
-                    board.close()
-    except RGFlowError as err:
+    except (RGFlowError, OSError) as err:
         if rank != 0 and getattr(err, "every_rank", False):
             sys.exit(1)  # rank 0 says why, once
         raise

@@ -93,9 +93,9 @@ def all_or_none(fn: Callable[[], T]) -> T:
     result, error = None, None
     try:
         result = fn()
-    except RGFlowError as err:
+    except (RGFlowError, OSError) as err:  # what a user can cause, and sees as one line
         error = err
-    errors: list[RGFlowError | None] = [None] * world
+    errors: list[Exception | None] = [None] * world
     dist.all_gather_object(errors, error)
     first = next((e for e in errors if e is not None), None)
     if first is not None:

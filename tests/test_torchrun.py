@@ -187,3 +187,11 @@ def test_cuda_n_is_refused_with_several_processes_per_machine(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     with pytest.raises(UsageError, match="uses the GPU of its local rank"):
         distributed.init("cuda:1")
+
+
+def test_the_process_group_has_a_timeout(monkeypatch):
+    joined = {}
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda *a, **kw: joined.update(kw))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert distributed.init("cpu") == torch.device("cpu")
+    assert joined["timeout"] == distributed.TIMEOUT and distributed.TIMEOUT.total_seconds() >= 1800
