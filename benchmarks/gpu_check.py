@@ -35,6 +35,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -110,7 +111,10 @@ class GPUCheck:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args, self.device, self.sizes = args, args.device, Sizes(args.dry_run)
         self.out = Path(args.out).resolve()
-        self.work = Path(args.work).resolve() if args.work else self.out.parent / "gpu_check_work"
+        # data and runs go to a scratch folder, not beside the report: only the report is
+        # meant to travel back from a lent machine
+        work = args.work or tempfile.mkdtemp(prefix="rgflow-gpu-check-")
+        self.work = Path(work).resolve()
         self.work.mkdir(parents=True, exist_ok=True)
         self.started = time.monotonic()
         self.report: dict[str, Any] = {
@@ -118,6 +122,7 @@ class GPUCheck:
             "argv": sys.argv[1:],
             "device": self.device,
             "dry_run": args.dry_run,
+            "work": str(self.work),
             "steps": {},
         }
 
@@ -616,7 +621,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda", help="cuda, cuda:N, or cpu (dry runs).")
     parser.add_argument("--dry-run", action="store_true", help="Tiny sizes, no --compile.")
     parser.add_argument("--ref-code", help="The paper's code (the folder of its main.py).")
-    parser.add_argument("--work", help="Folder for data and runs (default: beside --out).")
+    parser.add_argument("--work", help="Folder for data and runs (default: a new temp one).")
     parser.add_argument(
         "--budget", type=float, default=400.0,
         help="Seconds after which optional steps are skipped (default 400).",

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_the_dry_run_passes_every_step(tmp_path):
     out = tmp_path / "check.json"
     command = [sys.executable, str(REPO / "benchmarks/gpu_check.py"), "--device", "cpu"]
-    command += ["--dry-run", "--out", str(out)]
+    command += ["--dry-run", "--out", str(out), "--work", str(tmp_path / "work")]
     if os.environ.get("RGFLOW_REF_CODE"):  # the paper's code, where it is at hand
         command += ["--ref-code", os.environ["RGFLOW_REF_CODE"]]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
