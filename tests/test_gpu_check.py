@@ -3,6 +3,8 @@ every step runs and passes, so that the script is ready the day a GPU is lent.""
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -11,11 +13,32 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
-
 REPO = Path(__file__).resolve().parents[1]
 
 
+def test_a_failing_step_is_recorded_and_the_run_goes_on(tmp_path):
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks/gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    args = argparse.Namespace(
+        device="cpu", dry_run=True, out=tmp_path / "r.json", work=tmp_path / "w", budget=0.0,
+        deadline=60.0, ref_code=None,
+    )  # fmt: skip
+    check = gpu_check.GPUCheck(args)
+    check.step("broken", lambda: {"x": 1 / 0})
+    check.step("fine", lambda: {"x": 1})
+    check.step("late", lambda: {"x": 2}, optional=True)  # over its budget of 0 s
+    report = json.loads((tmp_path / "r.json").read_text())
+    broken, fine, late = (report["steps"][k] for k in ("broken", "fine", "late"))
+    assert broken["ok"] is False and broken["error"].startswith("ZeroDivisionError")
+    assert fine == {"ok": True, "x": 1, "seconds": fine["seconds"]}
+    assert late["ok"] is None and "budget" in late["skipped"]
+    assert report["summary"] | {"seconds": 0} == {
+        "passed": 1, "failed": 1, "skipped": 1, "seconds": 0
+    }  # fmt: skip
+
+
+@pytest.mark.slow
 def test_the_dry_run_passes_every_step(tmp_path):
     out = tmp_path / "check.json"
     command = [sys.executable, str(REPO / "benchmarks/gpu_check.py"), "--device", "cpu"]
