@@ -122,13 +122,21 @@ def once_per_machine(make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     def write(mine: bool) -> None:
         if mine:
             part = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            torch.save(make(), part)
-            os.replace(part, path)
+            try:
+                torch.save(make(), part)
+                os.replace(part, path)
+            finally:
+                part.unlink(missing_ok=True)
+
+    def read() -> dict[str, Any]:
+        if path.is_file():
+            return torch.load(path, mmap=True, weights_only=True)
+        return make()  # a temp folder of its own (a container): decode here, as before
 
     all_or_none(lambda: write(rank == 0))
     all_or_none(lambda: write(local == 0 and rank != 0))
     try:
-        return torch.load(path, mmap=True, weights_only=True)
+        return all_or_none(read)
     finally:
         barrier()  # every process of the machine has mapped it: the name can go
         if local == 0:
