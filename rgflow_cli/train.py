@@ -250,18 +250,24 @@ def _load_data(cfg, quiet: bool):
     from rgflow_core import distributed
     from rgflow_core.data import ImageData, load_dataset
 
-    def load() -> dict[str, Any]:
+    def load() -> ImageData:
         with new_bar(quiet=quiet) as bar:
             task = bar.add_task("loading data", total=None)
 
             def progress(what: str, done: int, total: int) -> None:
                 bar.update(task, description=what, completed=done, total=total)
 
-            data = load_dataset(cfg.data, cfg.model, progress)
+            return load_dataset(cfg.data, cfg.model, progress)
+
+    if distributed.rank_world()[1] == 1:
+        return load()
+
+    def tensors() -> dict[str, Any]:  # what the other processes map from one file
+        data = load()
         return {"name": data.name, "source": str(data.source), "train": data.train,
                 "test": data.test}  # fmt: skip
 
-    shared = distributed.once_per_machine(load)
+    shared = distributed.once_per_machine(tensors)
     return ImageData(shared["name"], shared["train"], shared["test"], Path(shared["source"]))
 
 
