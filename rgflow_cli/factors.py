@@ -142,7 +142,7 @@ def traverse(
         check_latent(model, level, chosen)
     check_sampling(model, samples, samples, temperature, allow_large=allow_large)
     cfg = model.config
-    generator = torch.Generator(device=dev).manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # CPU: a seed means one draw everywhere
 
     if data is not None:
         paths = folder_images(data, max_images)
@@ -213,7 +213,7 @@ def walk(
     model, dev, path = open_model(checkpoint, device, allow_large)
     check_outputs([output], [path, image])
     check_sampling(model, n, n, temperature, allow_large=allow_large)
-    generator = torch.Generator(device=dev).manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # CPU: a seed means one draw everywhere
     if image is not None:
         z0 = _base_latents(model, image, resize, n).to(dev)
     else:

@@ -159,6 +159,8 @@ def main() -> None:
     except (KeyboardInterrupt, typer.Abort):
         _fail("interrupted", code=130)
     except Exception as err:
+        if type(err).__name__ == "OutOfMemoryError":  # torch's, for a GPU (torch not imported here)
+            _fail("out of GPU memory; use a smaller --batch-size, fewer images, or another device")
         # Typer's usage errors (unknown option, invalid value) carry their own message and
         # exit code; shown as one line rather than a boxed panel.
         if not (hasattr(err, "format_message") and hasattr(err, "exit_code")):

@@ -76,7 +76,7 @@ def receptive_field(
     rows = [representative_positions(model.level_map, h, per_level) for h in chosen]
     positions = torch.cat(rows)
     row_levels = [h for h, pos in zip(chosen, rows) for _ in range(len(pos))]
-    generator = torch.Generator(device=dev).manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # CPU: a seed means one draw everywhere
     total = samples * len(positions) * model.config.channels
     with progress_bar("receptive fields", total) as advance:
         rf = fields_of(model, positions, samples, temperature, generator, batch_size, advance)

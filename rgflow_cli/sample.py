@@ -76,7 +76,7 @@ def sample(
     check_outputs([grid], [path], folders=[out_dir])
     check_sampling(model, n, batch_size, temperature, levels, allow_large=allow_large)
     temp = model.temperature_map(levels, default=temperature) if levels else temperature
-    generator = torch.Generator(device=dev).manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # CPU: a seed means one draw everywhere
     with progress_bar("sampling", n) as advance:
         images = sample_images(model, n, temp, generator, batch_size, advance)
     if out_dir is not None:

@@ -1,6 +1,8 @@
 """`rgflow train` and `rgflow eval`: the CLI over rgflow_core.train and rgflow_core.loop."""
 
+import contextlib
 import signal
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -21,7 +23,7 @@ from rgflow_cli.options import (
     Split,
 )
 from rgflow_cli.progress import new_bar
-from rgflow_core.errors import UsageError
+from rgflow_core.errors import Interrupted, RGFlowError, UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -29,9 +31,12 @@ if TYPE_CHECKING:
     from rgflow_core.config import DataConfig
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and a scheduler's notice
+
+
 class RichHooks:
-    """Progress bar per epoch, summary lines, TensorBoard (optional), and Ctrl-C turned
-    into a clean stop. Implements `rgflow_core.loop.Hooks`."""
+    """Progress bar per epoch, summary lines, TensorBoard (optional), and Ctrl-C or
+    SIGTERM turned into a clean stop. Implements `rgflow_core.loop.Hooks`."""
 
     def __init__(self, quiet: bool, tensorboard: Any = None) -> None:
         from rich.progress import TextColumn
@@ -66,8 +71,10 @@ class RichHooks:
     def stop_requested(self) -> bool:
         return self.stop
 
-    def on_sigint(self, signum, frame) -> None:
-        if self.stop:  # a second Ctrl-C: stop now
+    def on_signal(self, signum, frame) -> None:
+        """The first signal asks for a stop (agreed by all ranks at the next step, the
+        state saved); a second one aborts at once."""
+        if self.stop:
             raise KeyboardInterrupt
         self.stop = True
         self.message("stopping after this step and saving the state (Ctrl-C again to abort)")
@@ -136,6 +143,13 @@ def train(
     checkpointing: Annotated[
         bool, typer.Option("--checkpointing", help="Activation checkpointing: less memory.")
     ] = False,
+    deterministic: Annotated[
+        bool,
+        typer.Option(
+            "--deterministic",
+            help="Deterministic GPU kernels: a run repeats bitwise (slower; CPU runs always do).",
+        ),
+    ] = False,
     tensorboard: Annotated[
         bool, typer.Option("--tensorboard", help="Also log to RUN/tb/ (rgflow[tensorboard]).")
     ] = False,
@@ -146,6 +160,7 @@ def train(
     """Train a model; the same command again continues an interrupted run."""
     from rgflow_core import distributed
     from rgflow_core.config import load_preset, parse_overrides
+    from rgflow_core.device import use_deterministic_algorithms
     from rgflow_core.run import RunFolder
     from rgflow_core.train import train as train_run
 
@@ -168,26 +183,44 @@ def train(
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out} is a file; give a folder to hold run folders", "out")
 
+    if deterministic:
+        use_deterministic_algorithms()
     dev = distributed.init(device)
     rank = distributed.rank_world()[0]
     try:
-        # the lock and the folder checks come before minutes are spent on the data
-        with RunFolder(out / run_name).open(True if resume else None, lock=rank == 0) as run:
-            board = TensorBoard(run.root / "tb") if tensorboard and rank == 0 else None
+        with contextlib.ExitStack() as owned:
+
+            def own() -> tuple[RunFolder, TensorBoard | None]:
+                folder = RunFolder(out / run_name).open(True if resume else None, lock=rank == 0)
+                run = owned.enter_context(folder)
+                board = TensorBoard(run.root / "tb") if tensorboard and rank == 0 else None
+                if board is not None:
+                    owned.callback(board.close)
+                return run, board
+
+            # the lock and the folder checks come before minutes are spent on the data; a
+            # refusal on rank 0 (which alone takes the lock) ends every rank
+            run, board = distributed.all_or_none(own)
             hooks = RichHooks(quiet or rank != 0, board)
-            with distributed.rank_zero_first():
-                data = _load_data(cfg, hooks.quiet)
-            previous = signal.signal(signal.SIGINT, hooks.on_sigint)
+            data = _load_data(cfg, hooks.quiet)
+            previous = {sig: signal.signal(sig, hooks.on_signal) for sig in STOP_SIGNALS}
             try:
                 with hooks.bar:
                     record = train_run(
                         cfg, data, run, dev, hooks,
                         allow_changes=allow_changes, allow_large=allow_large,
                     )  # fmt: skip
+            except Interrupted:
+                _stopped_together(rank)
+                raise
             finally:
-                signal.signal(signal.SIGINT, previous)
-                if board is not None:
-                    board.close()
+                for sig, handler in previous.items():
+                    if signal.getsignal(sig) == hooks.on_signal:
+                        signal.signal(sig, handler)
+    except (RGFlowError, OSError) as err:
+        if rank != 0 and getattr(err, "every_rank", False):
+            sys.exit(1)  # rank 0 says why, once
+        raise
     finally:
         distributed.shutdown()
     if rank == 0 and record:
@@ -199,17 +232,49 @@ def train(
         )
 
 
+def _stopped_together(rank: int) -> None:
+    """After a stop that every rank agreed to (the state saved): rank 0 alone says so.
+
+    The other ranks leave at once, silently; torchrun then signals what is left of the
+    job, so rank 0 first stops listening to signals, lest one cut its line short.
+    """
+    from rgflow_core import distributed
+
+    if distributed.rank_world()[1] == 1:
+        return
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    distributed.barrier()  # the others go only once rank 0 cannot be cut short
+    if rank != 0:
+        distributed.shutdown()
+        sys.exit(130)
+
+
 def _load_data(cfg, quiet: bool):
-    """The preset's dataset, with a progress bar (generating MSDS if it is missing)."""
-    from rgflow_core.data import load_dataset
+    """The preset's dataset, with a progress bar (generating MSDS if it is missing);
+    under torchrun decoded by one process per machine and shared with the others."""
+    from rgflow_core import distributed
+    from rgflow_core.data import ImageData, load_dataset
 
-    with new_bar(quiet=quiet) as bar:
-        task = bar.add_task("loading data", total=None)
+    def load() -> ImageData:
+        with new_bar(quiet=quiet) as bar:
+            task = bar.add_task("loading data", total=None)
 
-        def progress(what: str, done: int, total: int) -> None:
-            bar.update(task, description=what, completed=done, total=total)
+            def progress(what: str, done: int, total: int) -> None:
+                bar.update(task, description=what, completed=done, total=total)
 
-        return load_dataset(cfg.data, cfg.model, progress)
+            return load_dataset(cfg.data, cfg.model, progress)
+
+    if distributed.rank_world()[1] == 1:
+        return load()
+
+    def tensors() -> dict[str, Any]:  # what the other processes map from one file
+        data = load()
+        return {"name": data.name, "source": str(data.source), "train": data.train,
+                "test": data.test}  # fmt: skip
+
+    shared = distributed.once_per_machine(tensors)
+    return ImageData(shared["name"], shared["train"], shared["test"], Path(shared["source"]))
 
 
 def evaluate(
@@ -233,13 +298,15 @@ def evaluate(
     from rgflow_core.checkpoint import read_metadata
     from rgflow_core.checks import check_int
     from rgflow_core.data import load_dataset
+    from rgflow_core.device import check_amp
     from rgflow_core.loop import evaluate as evaluate_bpd
 
     check_int("batch_size", batch_size, 1, 1 << 14)
     path = resolve_checkpoint(checkpoint)
     meta = read_metadata(path)
     data_cfg = _data_config(path, meta, dataset.value if dataset else None, data_root)
-    model, _, _ = open_model(path, device, allow_large)
+    model, dev, _ = open_model(path, device, allow_large)
+    check_amp(dev, amp.value)
     data = load_dataset(data_cfg, meta["config"], splits=(split.value,), generate=False)
     images = data.train if split is Split.train else data.test
     if len(images) == 0:

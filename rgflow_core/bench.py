@@ -22,7 +22,7 @@ from rgflow_core.checks import check_int
 from rgflow_core.cone import ConeLogProb, full_log_prob
 from rgflow_core.config import ModelConfig
 from rgflow_core.coupling import SUBNETS
-from rgflow_core.device import synchronize
+from rgflow_core.device import check_amp, synchronize
 from rgflow_core.flow import build_model, check_memory
 from rgflow_core.geometry import num_levels
 from rgflow_core.inpaint import inpaint
@@ -126,6 +126,7 @@ def run_bench(
     check_int("train_steps", train_steps, 1, 10_000)
     check_int("sample_batches", sample_batches, 1, 10_000)
     device = torch.device(device)
+    check_amp(device, amp)
     check_memory(cfg, device, batch_size, allow_large=allow_large)
     model = _random_model(cfg, device)
     model.checkpointing = checkpointing

@@ -1,6 +1,11 @@
-"""Devices: a user's `--device` string as a torch.device, and waiting for a device."""
+"""Devices: a user's `--device` string as a torch.device, what a device can do (bf16,
+deterministic kernels), what its failures mean (out of memory), and waiting for it."""
 
 from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -27,6 +32,52 @@ def resolve_device(name: str = "auto") -> torch.device:
     elif device.type != "cpu":
         raise UsageError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N", "device")
     return device
+
+
+def check_amp(device: torch.device | str, amp: str) -> None:
+    """Refuse bf16 autocast on a GPU without bfloat16 (before V100 and T4 fail mid-run).
+
+    Raises:
+        UsageError: `amp` is bf16 and the CUDA device cannot compute in bfloat16.
+    """
+    device = torch.device(device)
+    if amp != "bf16" or device.type != "cuda":
+        return
+    if not torch.cuda.is_bf16_supported(including_emulation=False):
+        name = torch.cuda.get_device_name(device)
+        major, minor = torch.cuda.get_device_capability(device)
+        raise UsageError(
+            f"bf16 needs a GPU with bfloat16 arithmetic (compute capability 8.0 or more: "
+            f"A100, H100, RTX 30xx and later); {name} has {major}.{minor}; train in float32 "
+            "(amp off)",
+            "amp",
+        )
+
+
+@contextmanager
+def explain_out_of_memory(device: torch.device | str, batch_size: int) -> Iterator[None]:
+    """Turn the device running out of memory inside the block into a `UsageError` that
+    names the batch (`batch_size` images per process) and what saves memory."""
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError:
+        raise UsageError(
+            f"out of memory on {torch.device(device)} at {batch_size} images per process; use "
+            "a smaller {batch_size}, or activation checkpointing ({checkpointing}) to trade "
+            "speed for memory"
+        ) from None
+
+
+def use_deterministic_algorithms() -> None:
+    """Make every kernel deterministic, so that a GPU run repeats bitwise (slower).
+
+    The CPU kernels rgflow uses are deterministic already. On CUDA this picks
+    deterministic kernels (an operation that has none fails, naming itself) and the
+    cuBLAS workspace setting they need; call it before the first CUDA operation.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
 
 
 def synchronize(device: torch.device | str) -> None:

@@ -211,13 +211,18 @@ class RGFlow(nn.Module):
     def sample_latents(
         self, n: int, temperature: Temperature = 1.0, generator: torch.Generator | None = None
     ) -> Tensor:
-        """z ~ prior at the given temperature (a float or a tensor broadcastable to z)."""
+        """z ~ prior at the given temperature (a float or a tensor broadcastable to z).
+
+        The draw happens where `generator` lives, then moves to the model's device: with a
+        CPU generator (what rgflow's commands use) a seed means the same latents on every
+        device, whereas CUDA's random numbers differ from the CPU's.
+        """
         p = next(self.parameters())
         cfg = self.config
         shape = (n, cfg.channels, cfg.image_size, cfg.image_size)
-        return self.prior.sample(
-            shape, temperature, device=p.device, dtype=p.dtype, generator=generator
-        )
+        where = p.device if generator is None else generator.device
+        z = self.prior.sample(shape, temperature, device=where, dtype=p.dtype, generator=generator)
+        return z.to(p.device)
 
     @torch.no_grad()
     def sample(

@@ -59,12 +59,14 @@ class Hooks:
     def epoch_end(self, record: dict[str, Any], samples: Tensor | None) -> None: ...
 
     def stop_requested(self) -> bool:
-        """Polled between steps: True saves the state and stops (Ctrl-C)."""
+        """Polled once a step: True (on any rank) saves the state and stops (Ctrl-C)."""
         return False
 
 
 class StopRequested(Exception):
-    """Raised by `Trainer.train_epoch` when `Hooks.stop_requested` said so."""
+    """Raised by `Trainer.step` and `Trainer.train_epoch` when `Hooks.stop_requested` said
+    so on any rank; every rank raises it at the same step, before that step changes
+    anything."""
 
 
 def learning_rate(cfg: TrainConfig, step: int, total_steps: int) -> float:
@@ -137,8 +139,6 @@ class Trainer:
         """
         p, last_save = self.progress, time.monotonic()
         for k in batches:
-            if self.hooks.stop_requested():
-                raise StopRequested
             start = time.perf_counter()
             self.step(k, epoch)
             p.epoch_seconds += time.perf_counter() - start
@@ -146,11 +146,16 @@ class Trainer:
             if checkpoint and time.monotonic() - last_save > 60 * self.cfg.save_minutes:
                 checkpoint()
                 last_save = time.monotonic()
-        if self.hooks.stop_requested():
+        stop = torch.full((), float(self.hooks.stop_requested()), device=self.device)
+        if distributed.any_rank(stop).item():  # a stop asked for during the last step
             raise StopRequested
 
     def step(self, k: Tensor, epoch: int) -> bool:
-        """One optimizer step on uint8 images `k`; False if it was skipped (not finite)."""
+        """One optimizer step on uint8 images `k`; False if it was skipped (not finite).
+
+        Raises:
+            StopRequested: a stop was asked for on some rank; the step changed nothing.
+        """
         cfg, p = self.cfg, self.progress
         # the global batch: every rank holds an equal share, every world-th image of it (for
         # a full batch, cfg.batch_size images)
@@ -165,10 +170,15 @@ class Trainer:
         else:  # no clipping, but the guard must still see a gradient that is not finite
             grads = [q.grad for q in self.flow.parameters() if q.grad is not None]
             norm = nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
-        bad = distributed.any_rank((~torch.isfinite(loss.detach()) | ~torch.isfinite(norm)).float())
-        # one read from the device per step: the verdict (every rank skips the same steps)
-        # and the loss for the epoch's mean
-        skip, loss_value = torch.stack([bad, loss.detach().float()]).tolist()
+        bad = (~torch.isfinite(loss.detach()) | ~torch.isfinite(norm)).float()
+        # one all-reduce: a bad step or a stop asked of any rank holds for all of them, so
+        # they skip the same steps and stop at the same one (a fill, not a copy: no sync)
+        asked = torch.full_like(bad, float(self.hooks.stop_requested()))
+        verdict = distributed.any_rank(torch.stack([bad, asked]))
+        # one read from the device per step: the verdict and the loss for the epoch's mean
+        skip, stop, loss_value = torch.cat([verdict, loss.detach().float().view(1)]).tolist()
+        if stop:
+            raise StopRequested
         p.batch += 1
         if skip:
             p.nonfinite += 1

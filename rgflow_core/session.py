@@ -67,7 +67,7 @@ class ExploreSession:
         self.device, self.dtype = model_device(model)
         self.level_map = model.level_map.cpu()
         self.reach = Reach(model, seed, rf_samples)
-        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(seed)
         self.temperatures = [1.0] * self.levels
         self.locks = [False] * self.levels
         if reference is None:
@@ -260,7 +260,7 @@ class Reach:
         (summed over their channels), divided by its maximum. Cached per position."""
         key = self._position(i, j)
         if key not in self._rf_cache:
-            generator = torch.Generator(device=self.device).manual_seed(self.seed)
+            generator = torch.Generator().manual_seed(self.seed)
             with torch.enable_grad():
                 rf = receptive_field(
                     self.model, torch.tensor([key]), self.rf_samples, generator=generator

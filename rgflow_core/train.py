@@ -6,7 +6,9 @@ epochs. An epoch is the loop's steps (`rgflow_core.loop`), a test evaluation, th
 saved (`rgflow_core.state`), and then the files derived from it (`EpochFiles`).
 
 Under `torchrun` every rank trains its share of each global batch (`distributed`) and
-only rank 0 writes files.
+only rank 0 writes files. The ranks agree: a refusal during set-up on any rank ends them
+all with its reason, and a stop asked of any rank stops them all at the same step, with
+the state saved once.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 from rgflow_core import __version__, distributed
 from rgflow_core.config import Preset
 from rgflow_core.data import ImageData, train_batches
+from rgflow_core.device import check_amp, explain_out_of_memory
 from rgflow_core.errors import Interrupted, TrainingError, UsageError
 from rgflow_core.flow import RGFlow, build_model, check_memory
 from rgflow_core.loop import Hooks, Progress, StopRequested, Trainer, evaluate
@@ -45,19 +48,28 @@ def train(
     Returns the last epoch's record (epoch, step, images, train and test bpd, ...).
 
     Raises:
-        UsageError: the data or batch size do not fit, the model does not fit in memory,
-            or the run's settings differ (see `rgflow_core.state.load_state`).
+        UsageError: the data or batch size do not fit, the model does not fit in memory
+            (before training or during it), the device cannot do bf16, or the run's
+            settings differ (see `rgflow_core.state.load_state`).
         TrainingError: the loss or the test bpd stopped being finite.
-        Interrupted: the hooks asked to stop; the state was saved.
+        Interrupted: the hooks asked to stop (on any rank); the state was saved.
     """
     cfg, hooks, device = preset.train, hooks or Hooks(), torch.device(device)
     rank, world = distributed.rank_world()
-    steps = _steps_per_epoch(cfg.batch_size, len(data.train), world)
-    check_memory(preset.model, device, cfg.batch_size // world, allow_large=allow_large)
-    flow, optimizer = _model_and_optimizer(preset, device)
-    progress, changes = Progress(), []
-    if run.state.is_file():
-        progress, changes = load_state(run.state, run.root, flow, optimizer, preset, allow_changes)
+
+    def set_up() -> tuple[int, RGFlow, torch.optim.Optimizer, Progress, list[dict[str, Any]]]:
+        steps = _steps_per_epoch(cfg.batch_size, len(data.train), world)
+        check_amp(device, cfg.amp)
+        check_memory(preset.model, device, cfg.batch_size // world, allow_large=allow_large)
+        flow, optimizer = _model_and_optimizer(preset, device)
+        progress, changes = Progress(), []
+        if run.state.is_file():
+            progress, changes = load_state(
+                run.state, run.root, flow, optimizer, preset, allow_changes
+            )
+        return steps, flow, optimizer, progress, changes
+
+    steps, flow, optimizer, progress, changes = distributed.all_or_none(set_up)
     net = distributed.wrap(flow, device)
     trainer = Trainer(flow, optimizer, cfg, steps, net=net, progress=progress, hooks=hooks)
     files = EpochFiles(run, preset, data, flow)
@@ -90,28 +102,30 @@ def train(
 
     flow.train()
     record: dict[str, Any] = {}
-    while progress.epoch < cfg.epochs:
-        epoch, start = progress.epoch + 1, time.perf_counter()
-        hooks.epoch_start(epoch, cfg.epochs, steps, progress.batch)
-        batches = train_batches(
-            data.train, cfg.batch_size, cfg.seed, epoch, preset.data.flip,
-            start=progress.batch, rank=rank, world=world,
-        )  # fmt: skip
-        try:
-            trainer.train_epoch(batches, epoch, checkpoint=save)
-        except StopRequested:
+    with explain_out_of_memory(device, cfg.batch_size // world):
+        while progress.epoch < cfg.epochs:
+            epoch, start = progress.epoch + 1, time.perf_counter()
+            hooks.epoch_start(epoch, cfg.epochs, steps, progress.batch)
+            batches = train_batches(
+                data.train, cfg.batch_size, cfg.seed, epoch, preset.data.flip,
+                start=progress.batch, rank=rank, world=world,
+            )  # fmt: skip
+            try:
+                trainer.train_epoch(batches, epoch, checkpoint=save)
+            except StopRequested:
+                save()
+                distributed.barrier()  # no rank ends before the state is saved
+                raise Interrupted(
+                    f"interrupted at epoch {epoch}, step {progress.step}; state saved in "
+                    f"{run.state}. Start it again (the same command) to continue"
+                ) from None
+            except TrainingError as err:
+                raise TrainingError(f"{err}; {files.last_good()}") from None
+            test_bpd = _test_bpd(flow, data, preset, epoch, hooks, files)
+            record = trainer.end_epoch(epoch, test_bpd, time.perf_counter() - start)
             save()
-            raise Interrupted(
-                f"interrupted at epoch {epoch}, step {progress.step}; state saved in "
-                f"{run.state}. Start it again (the same command) to continue"
-            ) from None
-        except TrainingError as err:
-            raise TrainingError(f"{err}; {files.last_good()}") from None
-        test_bpd = _test_bpd(flow, data, preset, epoch, hooks, files)
-        record = trainer.end_epoch(epoch, test_bpd, time.perf_counter() - start)
-        save()
-        samples = files.publish(progress, hooks) if rank == 0 else None
-        hooks.epoch_end(record, samples)
+            samples = files.publish(progress, hooks) if rank == 0 else None
+            hooks.epoch_end(record, samples)
     return record
 
 

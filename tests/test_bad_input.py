@@ -34,6 +34,10 @@ def _checkpoint_with(path: Path, model, **config_changes) -> Path:
     return path
 
 
+# what asking for a GPU that is not there says, on a machine without CUDA and with it
+ABSENT_GPU = "CUDA device(s)" if torch.cuda.is_available() else "no CUDA GPU"
+
+
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("inputs")
@@ -146,7 +150,7 @@ BAD = {
     "checkpoint unknown prior": ("sample -c {prior_unknown}", "prior must be one of"),
     "checkpoint NaN weights": ("sample -c {nan_weights}", "holds NaN or infinite values"),
     "device unknown": ("sample -c {ckpt} --device tpu", "--device: unknown device"),
-    "device absent GPU": ("sample -c {ckpt} --device cuda:7", "no CUDA GPU"),
+    "device absent GPU": ("sample -c {ckpt} --device cuda:99", ABSENT_GPU),
     # encode / decode
     "encode missing image": ("encode -c {ckpt} {dir}/nope.png", "does not exist"),
     "encode text image": ("encode -c {ckpt} {text}", "not a readable image"),

@@ -524,11 +524,13 @@ def test_serving_prints_the_address_and_warns_off_loopback(ckpt, folder, monkeyp
     monkeypatch.setattr(uvicorn.Server, "run", run)
     port = _free_port()
     code, output = run_main(
-        "explore", "-c", ckpt, "--port", port, "--images", folder, "--samples", 4
+        "explore", "-c", ckpt, "--port", port, "--images", folder, "--samples", 4, "--device", "cpu"
     )
     assert code == 0 and f"serving on http://127.0.0.1:{port}/" in output
     assert "stopped" in output.splitlines() and "warning" not in output
     client = TestClient(served["app"], base_url=f"http://127.0.0.1:{port}")
     assert ok(client.get("/api/info"))["images"]["total"] == 6
-    code, output = run_main("explore", "-c", ckpt, "--port", _free_port(), "--host", "0.0.0.0")
+    code, output = run_main(
+        "explore", "-c", ckpt, "--port", _free_port(), "--host", "0.0.0.0", "--device", "cpu"
+    )
     assert code == 0 and "warning: serving on 0.0.0.0" in output
