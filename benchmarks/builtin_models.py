@@ -11,8 +11,9 @@ one from its recorded commands and compare.
 `ship` copies RUN/checkpoints/last.safetensors into rgflow_core/models/NAME.safetensors
 and writes its record in rgflow_core/models/models.json: the commands, the commit they
 ran at (this checkout's HEAD unless --commit), the versions and test bpd from the
-checkpoint, the images seen, the training seconds, the sha256 of the file and of the
-weights, and the bpd of the run's first steps. `retrain` runs the recorded commands, in
+checkpoint (and `eval_test_bpd`, what `rgflow eval` gives today), the images seen, the
+training seconds, the sha256 of the file and of the weights, and the bpd of the run's
+first steps. `retrain` runs the recorded commands, in
 order, with this environment's `rgflow`, in an empty folder (the MSDS data is generated
 there), then reports whether the weights are bitwise the shipped ones and the wall time.
 CPU training is deterministic: the same commands give the same weights (the tests check
@@ -60,6 +61,7 @@ def ship(name: str, run: Path, commands: list[str], commit: str | None, note: st
         "torch": meta["versions"]["torch"],
         "python": meta["versions"]["python"],
         "test_bpd": meta["test_bpd"],
+        "eval_test_bpd": _eval_bpd(source),
         "train_bpd": meta["train_bpd"],
         "test_images": meta["data"]["test_images"],
         "epochs": meta["epoch"],
@@ -83,6 +85,19 @@ def ship(name: str, run: Path, commands: list[str], commit: str | None, note: st
     }
     atomic_write_bytes(manifest_path, (json.dumps(manifest, indent=1) + "\n").encode())
     return entry
+
+
+def _eval_bpd(checkpoint: Path) -> float:
+    """The test bpd `rgflow eval` gives today on the run's own test images (the training
+    log's figure was computed by the rgflow of the commit that trained it)."""
+    from rgflow_core.checkpoint import load_model
+    from rgflow_core.data import read_msds_images
+    from rgflow_core.loop import evaluate
+    from rgflow_core.run import run_data_config
+
+    data = run_data_config(checkpoint)
+    images = read_msds_images(data.data_root, data.dataset, "test", data.test_size)[0]
+    return evaluate(load_model(checkpoint), images)
 
 
 def retrain(name: str, workdir: Path | None) -> dict:
