@@ -138,12 +138,14 @@ def _train_args(command: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_the_recorded_command_reproduces_the_first_steps_exactly(tmp_path, monkeypatch, run_main):
-    """The msds1 model's command, run from nothing (its data generated here), takes its
+@pytest.mark.parametrize("name", SHIPPED)
+def test_the_recorded_command_reproduces_the_first_steps_exactly(name, tmp_path, monkeypatch,
+                                                                 run_main):  # fmt: skip
+    """A shipped model's command, run from nothing (its data generated here), takes its
     first 30 steps with exactly the recorded bpd; CPU training is deterministic."""
     from rgflow_cli.train import RichHooks
 
-    entry = builtin.builtin_models()["msds1"]
+    entry = builtin.builtin_models()[name]
     (command,) = entry["commands"]
     steps = 30
     seen = []
