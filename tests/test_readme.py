@@ -52,7 +52,7 @@ BLOCK = re.compile(r"^```bash[ \t]*\n(.*?)^```", re.S | re.M)
 PYTHON_BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```", re.S | re.M)
 # programs a README step may start with (relative paths are under the run folder)
 PROGRAMS = frozenset(
-    [".venv/bin/rgflow", ".venv/bin/python", "rgflow", "python", "python3", "torchrun"]
+    [".venv/bin/rgflow", ".venv/bin/python", "rgflow", "python", "python3", "torchrun", "bash"]
     + ["ls", "cat", "mkdir", "cp", "mv", "rm", "test", "echo", "cd", "export"]
 )
 TIMEOUT = 600  # seconds per command line

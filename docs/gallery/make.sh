@@ -4,6 +4,10 @@
 # machine: the images come from `rgflow make-msds`, the mask is docs/gallery/mask-8x8.png.
 # About 3 minutes on 2 CPU cores (the probe encodes 12,000 images).
 set -euo pipefail
+if [[ "${1:-}" == "--help" ]]; then
+    echo "usage: bash docs/gallery/make.sh   (remakes docs/gallery/ from the built-in models)"
+    exit 0
+fi
 cd "$(dirname "$0")/../.."
 G=docs/gallery
 
