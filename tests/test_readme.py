@@ -18,10 +18,10 @@ The convention the README's shell blocks follow:
   comment): the files that command line writes, relative to the folder it runs in; shell
   wildcards allowed. Each must exist (and not be empty) after it ran.
 * Each step must be one the test knows how to take: it starts with a program of
-  `PROGRAMS` (run with bash), or it is one of `STAND_INS`, the steps that set up a
-  virtual environment, which the test does not repeat (it must not install packages)
-  but checks and replaces with wrappers around the interpreter it runs in. Any other
-  step fails the test: no command is skipped silently.
+  `PROGRAMS` (run with bash; `VAR=value` words may come before it), or it is one of
+  `STAND_INS`, the steps that set up a virtual environment, which the test does not
+  repeat (it must not install packages) but checks and replaces with wrappers around the
+  interpreter it runs in. Any other step fails the test: no command is skipped silently.
 
 The folder holds links to the checkout's files (so `pip install -e .`, `.ci/...` and
 `tests/` mean what they say) and receives what the commands write (`runs/`, `data/`,
@@ -274,7 +274,9 @@ def run_line(entry: CommandLine, folder: Path) -> None:
         if stand_in is not None:
             stand_in(folder, step)
             continue
-        program = shlex.split(step)[0]
+        words = shlex.split(step)
+        # leading VAR=value words set the environment of the program that follows
+        program = next((w for w in words if not re.fullmatch(r"[A-Za-z_]\w*=\S*", w)), "")
         if program not in PROGRAMS:
             raise AssertionError(
                 f"{where}: the test does not know how to run {program!r}; add it to "
