@@ -20,9 +20,10 @@ what the model's ranking adds.
 The recorded results (benchmarks/results/inpaint_quality.json) came from this command;
 `count` (default 32) is positional:
 
-    OMP_NUM_THREADS=1 python benchmarks/inpaint_quality.py \\
-        runs/quick-msds1-laplace/checkpoints/last.safetensors data/quick 32 \\
+    OMP_NUM_THREADS=2 python benchmarks/inpaint_quality.py msds1 data/quick 32 \\
         --chains 16 --steps 200 --out benchmarks/results/inpaint_quality.json
+
+(`msds1` is the shipped model; any checkpoint file works.)
 """
 
 from __future__ import annotations
