@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from test_train import TINY
 
 from rgflow_core import distributed
 from rgflow_core.errors import UsageError
@@ -71,19 +72,7 @@ sys.argv = ["rgflow", *sys.argv[1:]]
 main()
 """
 
-PRESET = dict(
-    dataset="folder",
-    image_size=8,
-    channels=1,
-    kernel_size=2,
-    n_layers=[1, 1, 1],
-    n_res=1,
-    n_mlp=1,
-    n_hidden=8,
-    batch_size=8,
-    epochs=3,
-    lr=1e-2,
-)  # fmt: skip  (64 images: 8 steps per epoch, 24 in all)
+PRESET = {**TINY, "epochs": 3}  # 64 images: 8 steps per epoch, 24 in all
 
 
 @pytest.fixture
