@@ -87,8 +87,8 @@ def probe(
     if alpha is not None:
         check_float("alpha", alpha, 0.0, 1e12)
     model, _, path = open_model(checkpoint, device, allow_large)
+    check_outputs([output], [path])  # before any work, the data's generation included
     data_root, name = msds_data(path, data_root, dataset and dataset.value)
-    check_outputs([output], [path])
     z, targets = {}, {}
     for split in ("train", "test"):
         images, labels, factor = read_msds_images(data_root, name, split, max_images, workers)
