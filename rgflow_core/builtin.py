@@ -24,7 +24,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from rgflow_core.errors import CheckpointError
+from rgflow_core.errors import CheckpointError, DataError
+from rgflow_core.files import describe_os_error
 
 MANIFEST = "models.json"
 CACHE_TRAIN, CACHE_TEST = 10_000, 2_000  # the cached MSDS set: enough for the probe's fit
@@ -144,14 +145,20 @@ def msds_cache(name: str, notify: Callable[[str], None] | None = None) -> Path:
             f"generating {name} ({CACHE_TRAIN} train + {CACHE_TEST} test images) into "
             f"{root / name} (once; later commands reuse it)"
         )
-    root.mkdir(parents=True, exist_ok=True)
-    # written beside its final place and moved there whole, so that a kill or a second
-    # process never leaves a half-written set where a complete one is looked for
-    with tempfile.TemporaryDirectory(dir=root, prefix=f".{name}-") as tmp:
-        write_msds(tmp, name, CACHE_TRAIN, CACHE_TEST, seed=0)
-        if not msds_complete(root, name):
-            shutil.rmtree(root / name, ignore_errors=True)
-            os.replace(Path(tmp) / name, root / name)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        # written beside its final place and moved there whole, so that a kill or a second
+        # process never leaves a half-written set where a complete one is looked for
+        with tempfile.TemporaryDirectory(dir=root, prefix=f".{name}-") as tmp:
+            write_msds(tmp, name, CACHE_TRAIN, CACHE_TEST, seed=0)
+            if not msds_complete(root, name):
+                shutil.rmtree(root / name, ignore_errors=True)
+                os.replace(Path(tmp) / name, root / name)
+    except OSError as err:
+        raise DataError(
+            f"cannot write the MSDS cache in {root} ({describe_os_error(err)}); set "
+            "RGFLOW_CACHE to a writable folder, or give the data ({data_root})"
+        ) from err
     return root
 
 

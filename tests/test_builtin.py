@@ -212,3 +212,17 @@ def test_probe_and_mix_fidelity_run_on_a_model_alone(small_cache, tmp_path, monk
     report = _json_line(out)
     assert report["test_images"] == 6 and report["dataset"] == "msds1"
     assert all(math.isfinite(r["global_to_a"]) for r in report["rows"])
+
+
+def test_a_cache_that_cannot_be_written_is_one_line(tmp_path, monkeypatch, run_main):
+    monkeypatch.chdir(tmp_path)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("RGFLOW_CACHE", str(blocker / "cache"))
+    save_model(build_model(tiny_config(image_size=32, channels=3, kernel_size=4,
+                                       n_layers=(1, 1, 1, 1))),
+               tmp_path / "m.safetensors", dataset="msds1")  # fmt: skip
+    code, out = run_main("mix-fidelity", "-c", tmp_path / "m.safetensors", "--device", "cpu")
+    assert code == 1 and "Traceback" not in out
+    assert out.strip().splitlines()[-1].startswith("error: cannot write the MSDS cache in ")
+    assert "RGFLOW_CACHE" in out and blocker.read_text() == "not a folder"
