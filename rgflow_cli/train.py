@@ -138,8 +138,13 @@ def train(
     ] = False,
     amp: Annotated[Amp | None, typer.Option(help="bf16 autocast, or off.")] = None,
     compile: Annotated[
-        bool, typer.Option("--compile", help="torch.compile the coupling passes.")
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--compile/--no-compile",
+            help="torch.compile each block bijector's training pass (quick does by default; "
+            "needs a C++ compiler on a CPU).",
+        ),
+    ] = None,
     checkpointing: Annotated[
         bool, typer.Option("--checkpointing", help="Activation checkpointing: less memory.")
     ] = False,
@@ -172,7 +177,7 @@ def train(
         "lr": lr,
         "seed": seed,
         "amp": amp.value if amp is not None else None,
-        "compile": compile or None,
+        "compile": compile,
         "checkpointing": checkpointing or None,
     }
     overrides.update({k: v for k, v in flags.items() if v is not None})

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-from rgflow_core.kernels import CouplingPasses, FastMLP, PermuteFeatures
+from rgflow_core.kernels import CouplingPasses, FastMLP, PermuteFeatures, compiled_block_forward
 from rgflow_core.nets import ResidualMLP
 
 
@@ -113,7 +113,7 @@ class CouplingLayer(nn.Module):
     def _passes(self):
         if self.kernel == "reference":
             return self.reference_pass
-        return CouplingPasses(self, compiled=self.kernel == "compiled")
+        return CouplingPasses(self, traced=self.kernel == "compiled")
 
     def forward(self, xa: Tensor, xb: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         run = self._passes()
@@ -159,6 +159,12 @@ class RNVPBlock(BlockBijector):
         return fn(xa, xb)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.layers[0].kernel == "compiled" and torch.is_grad_enabled():
+            return compiled_block_forward()(self, x)
+        return self.eager_forward(x)
+
+    def eager_forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """`forward` without `torch.compile` (what the compiled graph traces)."""
         x = PermuteFeatures.apply(x, self.order, self.unorder)
         xa, xb = x.chunk(2, dim=1)
         ladj = x.new_zeros(x.shape[0])

@@ -54,6 +54,27 @@ def check_amp(device: torch.device | str, amp: str) -> None:
         )
 
 
+def compile_unavailable(device: torch.device | str) -> str | None:
+    """Why `torch.compile` cannot run on `device` on this machine, or None if it can.
+
+    Inductor turns graphs into C++ (CPU) or Triton (CUDA) code and builds it on first use:
+    the CPU needs a C++ compiler (`g++`, or the one `CXX` names), a GPU the `triton`
+    package.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        return None if has_triton() else "the triton package is not installed"
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        get_cpp_compiler()
+    except Exception:  # what inductor raises when it finds none differs between versions
+        return f"no C++ compiler found ({os.environ.get('CXX', 'g++')})"
+    return None
+
+
 @contextmanager
 def explain_out_of_memory(device: torch.device | str, batch_size: int) -> Iterator[None]:
     """Turn the device running out of memory inside the block into a `UsageError` that

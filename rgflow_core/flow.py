@@ -133,21 +133,14 @@ class RGFlow(nn.Module):
     def kernel(self) -> str:
         """How the block bijectors run: "reference" (the plain code of `coupling` and
         `nets`), "fast" (the default: `rgflow_core.kernels`) or "compiled" (the fast
-        kernels' coupling pass through `torch.compile`). All compute the same maps."""
+        kernels, with each block bijector's training pass one `torch.compile` graph). All
+        compute the same maps."""
         return next(m.kernel for m in self._layers())
 
     @kernel.setter
     def kernel(self, value: str) -> None:
         if value not in KERNELS:
             raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {value!r}")
-        if value == "compiled":
-            # A few graphs serve all coupling layers: one per direction of the checkerboard
-            # pass, forward or inverse, with or without autograd (8, plus a recompile or two
-            # when sizes first vary), more than dynamo's default limit of 8 recompilations.
-            import torch._dynamo
-
-            dynamo_config = torch._dynamo.config
-            dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 32)
         for m in self._layers():
             m.kernel = value
 

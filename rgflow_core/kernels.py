@@ -12,8 +12,11 @@ work around the small matmuls as on the matmuls themselves):
 * Weight norm once per layer and pass over the data, shared by both coupling halves.
 * A hand-written backward pass (`CouplingFunction`, `ResidualMLPFunction`) that saves two
   tensors per Linear (its input and the Swish sigmoid) and runs few, mostly in-place,
-  elementwise kernels; or, with `compiled`, the pure function `coupling_pass` through
-  `torch.compile`.
+  elementwise kernels.
+* With `compiled`, the training pass of a whole block bijector (its feature permutation,
+  the weight norm of every layer and all coupling passes) is one `torch.compile` graph
+  (`compiled_block_forward`): Inductor fuses the elementwise chains around the matmuls,
+  forward and backward, into generated C++ loops.
 
 `coupling.CouplingLayer` and `coupling.ARLayer` choose between the reference and these
 kernels with their `kernel` attribute ("reference", "fast" or "compiled"), set for a whole
@@ -319,10 +322,24 @@ class CouplingFunction(torch.autograd.Function):
 
 
 @functools.cache
-def _compiled_coupling_pass():
-    # One compiled graph serves every coupling layer: the weights are arguments, and the
-    # number of rows (blocks) is a dynamic dimension, so levels do not recompile.
-    return torch.compile(coupling_pass, dynamic=True)
+def compiled_block_forward():
+    """`RNVPBlock.forward` with autograd, as one compiled graph per block shape.
+
+    One graph serves every sub-layer: the weights are inputs, and the number of rows
+    (blocks) is a dynamic dimension, so levels and batch sizes do not recompile. Passes
+    without autograd (evaluation, sampling) stay eager: compiling them would cost more
+    than they take.
+    """
+    import torch._dynamo
+
+    dynamo_config = torch._dynamo.config
+    # a graph per block shape, direction and activation-checkpointing setting
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 32)
+
+    def forward(block, x: Tensor) -> tuple[Tensor, Tensor]:
+        return block.eager_forward(x)
+
+    return torch.compile(forward, dynamic=True)
 
 
 class CouplingPasses:
@@ -330,14 +347,15 @@ class CouplingPasses:
 
     Calling it with (cond, move, src, dst, inverse) does what
     `CouplingLayer.reference_pass` does, through the fastest kernel that applies: the
-    compiled pure function, the hand-written backward (training), or the pure function
-    (inverse, no autograd, or autocast).
+    hand-written backward (training), or the pure function (inverse, no autograd,
+    autocast, or `traced`: inside a compiled graph, where autograd derives the backward
+    and Inductor fuses it).
     """
 
-    def __init__(self, layer, compiled: bool = False) -> None:
+    def __init__(self, layer, traced: bool = False) -> None:
         self.layer = layer
         self.params = fold(layer.net)
-        self.compiled = compiled
+        self.traced = traced
 
     def __call__(
         self, cond: Tensor, move: Tensor, src: slice, dst: slice, inverse: bool
@@ -346,9 +364,7 @@ class CouplingPasses:
         spec = MLPSpec(net.n_res, net.features, src, dst)
         p = self.params.restrict(src, dst)
         gain = torch.stack([self.layer.gain_s[dst], self.layer.gain_t[dst]]).unsqueeze(1)
-        if self.compiled:
-            fn = _compiled_coupling_pass()
-            return fn(cond, move, p.weights, p.biases, p.betas, gain, spec, inverse)
-        if inverse or not torch.is_grad_enabled() or torch.is_autocast_enabled(cond.device.type):
+        pure = self.traced or inverse or not torch.is_grad_enabled()
+        if pure or torch.is_autocast_enabled(cond.device.type):
             return coupling_pass(cond, move, p.weights, p.biases, p.betas, gain, spec, inverse)
         return CouplingFunction.apply(cond, move, gain, spec, *p.weights, *p.biases, *p.betas)

@@ -23,7 +23,7 @@ import torch
 from rgflow_core import __version__, distributed
 from rgflow_core.config import Preset
 from rgflow_core.data import ImageData, train_batches
-from rgflow_core.device import check_amp, explain_out_of_memory
+from rgflow_core.device import check_amp, compile_unavailable, explain_out_of_memory
 from rgflow_core.errors import Interrupted, TrainingError, UsageError
 from rgflow_core.flow import RGFlow, build_model, check_memory
 from rgflow_core.loop import Hooks, Progress, StopRequested, Trainer, evaluate
@@ -73,6 +73,9 @@ def train(
     net = distributed.wrap(flow, device)
     trainer = Trainer(flow, optimizer, cfg, steps, net=net, progress=progress, hooks=hooks)
     files = EpochFiles(run, preset, data, flow)
+    if cfg.compile and (reason := compile_unavailable(device)):
+        flow.kernel = "fast"  # the same maps, rounded differently: the log says which ran
+        files.log(hooks if rank == 0 else None, f"training without torch.compile: {reason}")
 
     def save() -> None:
         if rank == 0:
