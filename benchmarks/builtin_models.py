@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from rgflow_core.builtin import MANIFEST, file_sha256, models_dir, weights_sha256
+from rgflow_core.builtin import MANIFEST, file_sha256, models_dir, replay_commands, weights_sha256
 from rgflow_core.checkpoint import read_metadata
 from rgflow_core.files import atomic_write_bytes, strict_json
 
@@ -111,7 +111,7 @@ def retrain(name: str, workdir: Path | None) -> dict:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # this rgflow
     start = time.perf_counter()
-    for command in entry["commands"]:
+    for command in replay_commands(entry):
         print(f"$ {command}", file=sys.stderr, flush=True)
         subprocess.run(["bash", "-c", command], cwd=folder, env=env, check=True)
     seconds = time.perf_counter() - start

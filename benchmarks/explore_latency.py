@@ -158,7 +158,11 @@ def percentile(values: list[float], q: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("-c", "--checkpoint", required=True)
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("-c", "--checkpoint")
+    what.add_argument(
+        "--preset", help="instead of a checkpoint: a preset's architecture, random weights"
+    )
     parser.add_argument("--model", required=True, help="name for the results file")
     parser.add_argument("--images", help="--images folder for rgflow explore")
     parser.add_argument("--samples", type=int, default=64, help="--samples for rgflow explore")
@@ -173,7 +177,26 @@ def main() -> None:
     parser.add_argument("--images-shown", help="for it: thumbnails A,B as image and partner")
     parser.add_argument("--point", default="6,6", help="for it: point at this latent I,J")
     args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="rgflow-latency-") as tmp:
+        if args.preset:
+            args.checkpoint = random_checkpoint(args.preset, Path(tmp))
+        measure(args)
 
+
+def random_checkpoint(preset: str, folder: Path) -> str:
+    """A checkpoint of `preset`'s architecture with random weights (the speed of decoding
+    does not depend on training): perturbed coupling gains, as `rgflow bench` times."""
+    import torch
+
+    from rgflow_core.bench import _random_model
+    from rgflow_core.checkpoint import save_model
+    from rgflow_core.config import load_preset
+
+    model = _random_model(load_preset(preset).model, torch.device("cpu"))
+    return str(save_model(model, folder / f"{preset}.safetensors"))
+
+
+def measure(args: argparse.Namespace) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     command = [sys.executable, "-m", "rgflow_cli", "explore", "-c", args.checkpoint]
@@ -205,7 +228,7 @@ def main() -> None:
     threads = os.environ.get("OMP_NUM_THREADS", "")
     result = {
         "model": args.model,
-        "checkpoint": args.checkpoint,
+        "checkpoint": f"random weights, preset {args.preset}" if args.preset else args.checkpoint,
         "device": args.device,
         "cpu": platform.processor() or platform.machine(),
         "omp_num_threads": threads,

@@ -46,7 +46,7 @@ def _worker(args: argparse.Namespace) -> dict:
         from rgflow_core.bench import _random_model
 
         flow = _random_model(cfg, torch.device("cpu"))
-        flow.kernel = "fast"
+        flow.kernel = args.kernel  # training only: sampling runs the fast kernels either way
         log_prob = flow.log_prob
 
         def sample() -> None:
@@ -105,7 +105,7 @@ def _worker(args: argparse.Namespace) -> dict:
 
 def _measure(args: argparse.Namespace, who: str, what: str) -> dict:
     command = [sys.executable, __file__, "--worker", who, "--what", what]
-    for key in ("ref_code", "preset", "batch_size", "steps", "warmup"):
+    for key in ("ref_code", "preset", "batch_size", "steps", "warmup", "kernel"):
         command += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
     out = subprocess.run(command, capture_output=True, text=True, check=False)
     if out.returncode:
@@ -121,6 +121,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument(
+        "--kernel",
+        choices=("fast", "compiled"),
+        help="rgflow's kernels (default: what the preset trains with; compiling happens in "
+        "the warm-up steps)",
+    )
     parser.add_argument("--out", type=Path)
     parser.add_argument("--worker", choices=("rgflow", "reference"), help=argparse.SUPPRESS)
     parser.add_argument("--what", choices=("train", "sample"), help=argparse.SUPPRESS)
@@ -130,14 +136,21 @@ def main() -> None:
             "error: give the paper's code folder (its layers/mera.py) with --ref-code DIR or "
             "RGFLOW_REFERENCE_CODE; it is never downloaded"
         )
+    if args.kernel is None:
+        from rgflow_core.config import load_preset
+        from rgflow_core.device import compile_unavailable
+
+        compiled = load_preset(args.preset).train.compile and not compile_unavailable("cpu")
+        args.kernel = "compiled" if compiled else "fast"
     if args.worker:
         print(json.dumps(_worker(args)))
         return
     result: dict = {
         "command": "python benchmarks/reference_speed.py --ref-code REF "
         f"--preset {args.preset} --batch-size {args.batch_size} --steps {args.steps} "
-        f"--pairs {args.pairs}",
+        f"--pairs {args.pairs} --kernel {args.kernel}",
         "preset": args.preset,
+        "kernel": args.kernel,
         "batch_size": args.batch_size,
         "threads_env": os.environ.get("OMP_NUM_THREADS"),
     }

@@ -17,7 +17,13 @@ def bench(
     checkpointing: Annotated[
         bool, typer.Option(help="Activation checkpointing (memory-saving mode).")
     ] = False,
-    compile: Annotated[bool, typer.Option(help="torch.compile the coupling passes.")] = False,
+    compile: Annotated[
+        bool | None,
+        typer.Option(
+            "--compile/--no-compile",
+            help="torch.compile each block bijector's training pass (default: the preset's).",
+        ),
+    ] = None,
     amp: AmpOpt = Amp.off,
     set_: SetOpt = None,
     inpaint: Annotated[
@@ -49,7 +55,8 @@ def bench(
     with console.status("benchmarking") as status:
         result = run_bench(
             cfg.model, preset=cfg.name, device=dev, batch_size=batch_size, train_steps=steps,
-            sample_batches=sample_batches, checkpointing=checkpointing, compile=compile,
+            sample_batches=sample_batches, checkpointing=checkpointing,
+            compile=cfg.train.compile if compile is None else compile,
             amp=amp.value, allow_large=allow_large,
             progress=lambda message: status.update(f"benchmarking: {message}"),
         )  # fmt: skip

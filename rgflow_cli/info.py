@@ -110,7 +110,7 @@ def _built_in(path: Path) -> dict[str, Any]:
 
 
 def _list_models(as_json: bool) -> None:
-    from rgflow_core.builtin import builtin_models, builtin_path
+    from rgflow_core.builtin import builtin_models, builtin_path, replay_commands
 
     rows = {}
     for name, entry in builtin_models().items():
@@ -122,6 +122,7 @@ def _list_models(as_json: bool) -> None:
             "size_bytes": builtin_path(name).stat().st_size,
             "file": str(builtin_path(name)),
             "command": entry["commands"],
+            "replay": replay_commands(entry),
             "commit": entry["commit"],
             "torch": entry["torch"],
             "sha256": entry["sha256"],
@@ -138,6 +139,8 @@ def _list_models(as_json: bool) -> None:
             f"after {row['images_seen']:,} images, {row['size_bytes'] / 1e6:.1f} MB"
         )
         typer.echo(f"{'':16s} trained by: {'; '.join(row['command'])}")
+        if row["replay"] != row["command"]:
+            typer.echo(f"{'':16s} the same today: {'; '.join(row['replay'])}")
         typer.echo(f"{'':16s} commit {row['commit']}, torch {row['torch']}, sha256 {row['sha256']}")
     typer.echo("use one wherever a checkpoint is asked for: -c NAME (a file of that name wins)")
 

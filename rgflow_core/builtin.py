@@ -36,6 +36,13 @@ def models_dir() -> Path:
     return Path(str(resources.files("rgflow_core") / "models"))
 
 
+def replay_commands(entry: dict[str, Any]) -> list[str]:
+    """The commands that train a shipped model again with this rgflow: those it was
+    trained with, or, when a preset has changed since, the record's `replay`: the same
+    settings spelled out (a test runs them and checks the first steps bitwise)."""
+    return list(entry.get("replay") or entry["commands"])
+
+
 @functools.cache
 def builtin_models() -> dict[str, dict[str, Any]]:
     """Every shipped model's provenance record, by name (empty if none are shipped)."""

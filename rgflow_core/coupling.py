@@ -113,7 +113,7 @@ class CouplingLayer(nn.Module):
     def _passes(self):
         if self.kernel == "reference":
             return self.reference_pass
-        return CouplingPasses(self, traced=self.kernel == "compiled")
+        return CouplingPasses(self, traced=torch.compiler.is_compiling())
 
     def forward(self, xa: Tensor, xb: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         run = self._passes()
@@ -159,7 +159,10 @@ class RNVPBlock(BlockBijector):
         return fn(xa, xb)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        if self.layers[0].kernel == "compiled" and torch.is_grad_enabled():
+        # dynamo cannot yet trace activation checkpointing of a bound method: checkpointed
+        # passes run the fast kernels instead
+        compiled = self.layers[0].kernel == "compiled" and not self.checkpointing
+        if compiled and torch.is_grad_enabled():
             return compiled_block_forward()(self, x)
         return self.eager_forward(x)
 

@@ -26,6 +26,7 @@ model by `RGFlow.kernel`.
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -113,6 +114,27 @@ def fold(net: ResidualMLP) -> FoldedWeights:
         weights.append((v * scale).transpose(1, 2))
         biases.append(b)
     return FoldedWeights(weights, biases, list(net.beta))
+
+
+def folded(net: ResidualMLP) -> FoldedWeights:
+    """`fold(net)`, kept while `net` is in eval mode and used without autograd, until its
+    weights change.
+
+    Decoding one image with the celeba32 architecture reads its 100 M weights once, but
+    the weight norm reads and writes them three times more: the explorer and sampling
+    reuse the folded weights instead. `ResidualMLP.train` drops the cache, so that it
+    costs no memory while training.
+    """
+    if net.training or torch.is_grad_enabled():
+        return fold(net)
+    try:  # an optimizer step or load_state_dict changes a version or a storage
+        key = tuple((p.data_ptr(), p._version) for p in net.parameters())
+    except RuntimeError:  # inference tensors keep no version counter
+        return fold(net)
+    cached = net.__dict__.get("_folded")
+    if cached is None or cached[0] != key:
+        cached = net.__dict__["_folded"] = (key, fold(net))
+    return cached[1]
 
 
 def residual_mlp(
@@ -247,7 +269,7 @@ class FastMLP:
     """`net(x)` through the kernels, with the weight norm computed once at construction."""
 
     def __init__(self, net: ResidualMLP) -> None:
-        self.params = fold(net)
+        self.params = folded(net)
         self.spec = MLPSpec(net.n_res, net.features)
 
     def __call__(self, x: Tensor) -> Tensor:
@@ -335,6 +357,8 @@ def compiled_block_forward():
     dynamo_config = torch._dynamo.config
     # a graph per block shape, direction and activation-checkpointing setting
     dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 32)
+    # building the C++ kernels on a machine without CUDA warns that CUDA_HOME is unset
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
     def forward(block, x: Tensor) -> tuple[Tensor, Tensor]:
         return block.eager_forward(x)
@@ -354,7 +378,7 @@ class CouplingPasses:
 
     def __init__(self, layer, traced: bool = False) -> None:
         self.layer = layer
-        self.params = fold(layer.net)
+        self.params = fold(layer.net) if traced else folded(layer.net)
         self.traced = traced
 
     def __call__(

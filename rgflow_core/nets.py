@@ -85,6 +85,11 @@ class ResidualMLP(nn.Module):
             for i in range(len(self.v)):
                 self.g[i].copy_(self.direction(i).norm(dim=2, keepdim=True).clamp_min(1e-12))
 
+    def train(self, mode: bool = True) -> ResidualMLP:
+        if mode:  # the folded weights `rgflow_core.kernels.folded` keeps for evaluation
+            self.__dict__.pop("_folded", None)
+        return super().train(mode)
+
     def direction(self, i: int) -> Tensor:
         """The direction v of Linear i, with its autoregressive mask applied if any."""
         v = self.v[i]

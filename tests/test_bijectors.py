@@ -140,9 +140,12 @@ def test_checkpointing_gives_same_gradients(tiny_model):
 @pytest.mark.skipif(
     not (shutil.which("g++") or shutil.which("c++")), reason="torch.compile needs a C++ compiler"
 )
-def test_compiled_blocks_match_eager(tiny_model):
-    # --compile: the coupling passes through torch.compile give the same log-density,
-    # gradients and exact inverse as the eager ones (cold compile: about 20 s).
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_compiled_blocks_match_eager(tiny_model, checkpointing):
+    # --compile: each block bijector's training pass as one torch.compile graph gives the
+    # same log-density, gradients and exact inverse as the eager kernels (cold compile:
+    # about 20 s); with activation checkpointing, the fast kernels run instead.
+    tiny_model.checkpointing = checkpointing
     y = torch.randn(2, 1, 8, 8, dtype=torch.double)
     tiny_model.log_prob(y).sum().backward()
     eager_grads = [p.grad.clone() for p in tiny_model.parameters()]
@@ -184,3 +187,34 @@ def test_hand_written_backward_passes(n_res, cols):
         assert torch.autograd.gradcheck(
             lambda x, m, g, *p: CouplingFunction.apply(x, m, g, spec, *p), (x, move, gain, *params)
         )
+
+
+@pytest.mark.parametrize("subnet", sorted(SUBNETS))
+def test_evaluation_reuses_folded_weights_until_they_change(subnet):
+    # In eval mode without autograd the weight norm is computed once and kept (the
+    # explorer decodes one image at a time); a change of the weights (an optimizer step,
+    # load_state_dict) is seen at once, and training mode drops what was kept.
+    model = perturb(build_model(tiny_config(subnet=subnet)).double()).eval()
+    net = model.levels[0].decimator.bijector.layers[0].net
+    z = torch.randn(2, 1, 8, 8, dtype=torch.double)
+    with torch.no_grad():
+        first = model.inverse(z)[0]
+        kept = net.__dict__["_folded"][1]
+        assert model.inverse(z)[0].equal(first) and net.__dict__["_folded"][1] is kept
+        for p in model.parameters():
+            p.mul_(1.01)
+        changed = model.inverse(z)[0]
+        model.kernel = "reference"
+        expected = model.inverse(z)[0]
+    assert not changed.equal(first)
+    torch.testing.assert_close(changed, expected, rtol=1e-10, atol=1e-10)
+    model.train()
+    assert "_folded" not in net.__dict__
+    model.eval().kernel = "fast"
+    with torch.no_grad():
+        model.inverse(z)  # kept again
+        model.load_state_dict({k: v * 1.01 for k, v in model.state_dict().items()})
+        reloaded = model.inverse(z)[0]
+        model.kernel = "reference"
+        torch.testing.assert_close(reloaded, model.inverse(z)[0], rtol=1e-10, atol=1e-10)
+    assert not reloaded.equal(changed)

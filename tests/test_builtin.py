@@ -141,12 +141,13 @@ def _train_args(command: str) -> list[str]:
 @pytest.mark.parametrize("name", SHIPPED)
 def test_the_recorded_command_reproduces_the_first_steps_exactly(name, tmp_path, monkeypatch,
                                                                  run_main):  # fmt: skip
-    """A shipped model's command, run from nothing (its data generated here), takes its
-    first 30 steps with exactly the recorded bpd; CPU training is deterministic."""
+    """A shipped model's command (as it is spelled today), run from nothing (its data
+    generated here), takes its first 30 steps with exactly the recorded bpd; CPU training
+    is deterministic."""
     from rgflow_cli.train import RichHooks
 
     entry = builtin.builtin_models()[name]
-    (command,) = entry["commands"]
+    (command,) = builtin.replay_commands(entry)
     steps = 30
     seen = []
     monkeypatch.setattr(RichHooks, "step", lambda self, done, *a: seen.append(done))
