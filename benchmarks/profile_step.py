@@ -10,6 +10,8 @@ and sorts every operator's self time into kinds:
 
 * matmul: mm, bmm, addmm, baddbmm and the like (the FLOPs the model exists for);
 * elementwise: activations, adds, multiplies, reductions, the Adam-free arithmetic;
+* fused elementwise (compiled): with the compiled kernel, Inductor's generated C++ loops
+  (the matmuls inside a compiled graph still count as matmul);
 * layout: copies and gathers between the image and the block layout (copy_, cat,
   index_select, roll, ...);
 * allocation: empty/zeros/... tensor creation;
@@ -35,6 +37,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from rgflow_core.bench import _random_model, forward_flops, matmul_gflops
 from rgflow_core.config import load_preset
+from rgflow_core.device import compile_unavailable
 from rgflow_core.preprocess import dequantize, image_bpd
 
 KINDS = {
@@ -53,6 +56,8 @@ ELEMENTWISE = ("add", "sub", "mul", "div", "sigmoid", "tanh", "exp", "log", "sum
 
 
 def kind_of(op: str) -> str:
+    if op.startswith("## Call CompiledFxGraph"):  # Inductor's generated loops (not its matmuls)
+        return "fused elementwise (compiled)"
     name = op.removeprefix("aten::")
     for kind, names in KINDS.items():
         if name in names or any(name.startswith(n + "_") and kind != "allocation" for n in names):
@@ -104,12 +109,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--tag", default="", help="added to the file names (e.g. before)")
+    parser.add_argument(
+        "--kernel", choices=("fast", "compiled"), help="default: what the preset trains with"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
 
-    cfg = load_preset(args.preset).model
+    preset = load_preset(args.preset)
+    cfg = preset.model
+    if args.kernel is None:
+        compiled = preset.train.compile and not compile_unavailable("cpu")
+        args.kernel = "compiled" if compiled else "fast"
     model = _random_model(cfg, torch.device("cpu"))
-    model.kernel = "fast"
+    model.kernel = args.kernel
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, fused=True)
     shape = (args.batch_size, cfg.channels, cfg.image_size, cfg.image_size)
     images = torch.randint(
@@ -134,8 +146,9 @@ def main() -> None:
     peak = matmul_gflops(torch.device("cpu"))
     result = {
         "command": f"python benchmarks/profile_step.py --preset {args.preset} "
-        f"--batch-size {args.batch_size} --steps {args.steps}",
+        f"--batch-size {args.batch_size} --steps {args.steps} --kernel {args.kernel}",
         "preset": args.preset,
+        "kernel": args.kernel,
         "batch_size": args.batch_size,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -159,7 +172,8 @@ def main() -> None:
 
 def markdown(r: dict) -> str:
     lines = [
-        f"# Where the time goes: {r['preset']}, batch {r['batch_size']}, {r['threads']} threads",
+        f"# Where the time goes: {r['preset']}, batch {r['batch_size']}, {r['threads']} threads, "
+        f"{r.get('kernel', 'fast')} kernel",
         "",
         f"`{r['command']}` (torch {r['torch']}; measured matmul rate "
         f"{r['matmul_gflops_measured']:.0f} GFLOP/s)",
