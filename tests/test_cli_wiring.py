@@ -152,13 +152,15 @@ def test_train_passes_amp_compile_checkpointing_and_tensorboard(tmp_path, monkey
 
     monkeypatch.setattr("rgflow_core.train.train", fake_train)
     monkeypatch.setattr("rgflow_core.data.load_dataset", lambda *a, **kw: None)
+    # the quick preset compiles by default: --no-compile turns it off
     extra = ["--amp", "bf16", "--compile", "--checkpointing", "--tensorboard"] if flags else []
+    extra = extra or ["--no-compile"]
     _ok("train", "--preset", "quick", "--set", "n_hidden=8", "--device", "cpu", "-q", *extra)
     cfg = seen["preset"].train
     assert (cfg.amp, cfg.compile, cfg.checkpointing) == (
         ("bf16", True, True) if flags else ("off", False, False)
     )
-    # the run builds what they ask for: compiled coupling passes, activation checkpointing
+    # the run builds what they ask for: compiled training passes, activation checkpointing
     flow, _ = _model_and_optimizer(seen["preset"], torch.device("cpu"))
     assert (flow.kernel, flow.checkpointing) == (("compiled", True) if flags else ("fast", False))
     events = list((tmp_path / "runs/quick/tb").glob("events.out.tfevents.*"))
@@ -203,3 +205,34 @@ def test_the_entry_point_answers_help_version_and_typos(run_main):
     assert code == 0 and out.startswith("Usage: rgflow sample [OPTIONS]")
     code, out = run_main("smaple")
     assert code == 2 and "No such command 'smaple'. Did you mean 'sample'?" in out
+
+
+def test_quick_compiles_by_default_and_falls_back_without_a_compiler(tmp_path, monkeypatch):
+    # the quick preset trains with the compiled pass; where torch.compile cannot run (no
+    # C++ compiler), training says so in its log and runs the fast kernels
+    from rgflow_core.config import load_preset
+
+    assert load_preset("quick").train.compile is True
+    seen = {}
+    monkeypatch.setattr(
+        "rgflow_core.train.compile_unavailable", lambda device: "no C++ compiler found (g++)"
+    )
+    monkeypatch.setattr(
+        "rgflow_core.train.Trainer.train_epoch",
+        lambda self, *a, **kw: seen.setdefault("kernel", self.flow.kernel),
+    )
+    # the trainer raises nothing, so the run ends after its epochs; the log tells the fallback
+    from rgflow_core.data import ImageData
+    from rgflow_core.run import RunFolder
+    from rgflow_core.train import train
+
+    preset = load_preset("quick", {"epochs": 1, "n_hidden": 8, "n_layers": [1, 1, 1, 1]})
+    images = torch.zeros(32, 3, 32, 32, dtype=torch.uint8)
+    data = ImageData(name="zeros", train=images, test=images[:4], source=tmp_path)
+    with RunFolder(tmp_path / "run").open() as run:
+        train(preset, data, run, "cpu")
+    assert seen["kernel"] == "fast"
+    assert (
+        "training without torch.compile: no C++ compiler found"
+        in (tmp_path / "run" / "train.log").read_text()
+    )

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from rgflow_core import ModelConfig, build_model, image_bpd, load_model
 from rgflow_core.config import TrainConfig, preset_from_dict
 from rgflow_core.data import ImageData, load_dataset, train_batches
+from rgflow_core.device import compile_unavailable
 from rgflow_core.errors import DataError, Interrupted, TrainingError, UsageError
 from rgflow_core.loop import Hooks, Trainer, evaluate, learning_rate, step_noise
 from rgflow_core.preprocess import dequantize
@@ -197,6 +198,31 @@ def test_interrupt_mid_epoch_then_resume_matches(tmp_path):
     assert same_weights(
         tmp_path / "straight/checkpoints/last.safetensors",
         tmp_path / "cut/checkpoints/last.safetensors",
+    )
+
+
+@pytest.mark.skipif(compile_unavailable("cpu") is not None, reason="no C++ compiler")
+def test_compiled_training_resumes_bitwise_and_ignores_the_thread_count(tmp_path):
+    # The compiled training pass (the quick preset's): an interrupted run resumes to the
+    # uninterrupted weights, and one thread gives the weights two threads give.
+    preset, data = tiny_preset(compile=True), tiny_data()
+    fit(preset, data, tmp_path / "straight")
+    with pytest.raises(Interrupted):
+        fit(preset, data, tmp_path / "cut", hooks=StopAfter(3))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if threads > 1 else 2)
+    try:
+        fit(preset, data, tmp_path / "cut")
+    finally:
+        torch.set_num_threads(threads)
+    assert same_weights(
+        tmp_path / "straight/checkpoints/last.safetensors",
+        tmp_path / "cut/checkpoints/last.safetensors",
+    )
+    fit(tiny_preset(), data, tmp_path / "fast")  # the fast kernels round differently
+    assert not same_weights(
+        tmp_path / "straight/checkpoints/last.safetensors",
+        tmp_path / "fast/checkpoints/last.safetensors",
     )
 
 
