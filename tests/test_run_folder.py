@@ -168,10 +168,12 @@ def test_an_optimizer_state_of_the_wrong_shape_is_refused_before_it_is_used(tmp_
 
 
 def cosine_preset(**kw):
-    """The quick preset (cosine schedule) on a few random 32x32 images: 2 steps an epoch."""
+    """The quick preset (cosine schedule) on a few random 32x32 images: 2 steps an epoch
+    (at batch 32, with the eager kernels: what is tested is the schedule)."""
     from rgflow_core.config import load_preset
 
-    return load_preset("quick", {"epochs": 1, "train_size": 64, "test_size": 16, **kw})
+    sizes = {"train_size": 64, "test_size": 16, "batch_size": 32, "compile": False}
+    return load_preset("quick", {"epochs": 1, **sizes, **kw})
 
 
 def cosine_data():
