@@ -264,9 +264,10 @@ def parameter_count(cfg: ModelConfig) -> int:
 def memory_needed(cfg: ModelConfig, batch_size: int = 0) -> int:
     """A rough upper estimate of the bytes (float32) to hold the model and, for a batch
     size > 0, to train it: weights, gradients and two Adam moments, plus the activations
-    a training step keeps (two tensors per Linear of every block evaluation, and as much
-    again for the temporaries around them). For celeba32 at batch 64 it says 16.9 GiB; no
-    measurement on a GPU has been recorded to check it against."""
+    a training step keeps (counted as two tensors per Linear of every block evaluation,
+    though the fast kernels keep one, and as much again for the temporaries around
+    them). For celeba32 at batch 64 it says 16.9 GiB; no measurement on a GPU has been
+    recorded to check it against."""
     params = parameter_count(cfg)
     if batch_size <= 0:
         return 4 * params

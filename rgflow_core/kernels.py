@@ -10,9 +10,10 @@ work around the small matmuls as on the matmuls themselves):
 * Folded residual scale. `x <- (x + g(x)) / sqrt(2)` becomes `x <- x / sqrt(2) + g'(x)`
   with the 1/sqrt(2) folded into the last Linear of g.
 * Weight norm once per layer and pass over the data, shared by both coupling halves.
-* A hand-written backward pass (`CouplingFunction`, `ResidualMLPFunction`) that saves two
-  tensors per Linear (its input and the Swish sigmoid) and runs few, mostly in-place,
-  elementwise kernels.
+* A hand-written backward pass (`CouplingFunction`, `ResidualMLPFunction`) that saves one
+  tensor per Linear (the input of its Swish; the sigmoid is recomputed, bit for bit, which
+  halves the memory a training step keeps) and runs few, mostly in-place, elementwise
+  kernels.
 * With `compiled`, the training pass of a whole block bijector (its feature permutation,
   the weight norm of every layer and all coupling passes) is one `torch.compile` graph
   (`compiled_block_forward`): Inductor fuses the elementwise chains around the matmuls,
@@ -150,8 +151,8 @@ def residual_mlp(
     Arguments:
         x: (N, F_in) input.
         weights, biases, betas: from `FoldedWeights.restrict`.
-        saved: if given, receives what `residual_mlp_backward` needs (the input and the
-            sigmoid of every Swish).
+        saved: if given, receives what `residual_mlp_backward` needs (the input of every
+            Swish).
 
     Returns:
         (n_nets, N, F_out): the nets' outputs.
@@ -168,7 +169,7 @@ def residual_mlp(
         for i in range(r * n_linear, (r + 1) * n_linear):
             sig = torch.mul(h, betas[i]).sigmoid_()
             if saved is not None:
-                saved += [h, sig]
+                saved.append(h)  # the backward recomputes sig: the same bits, half the memory
             swish = sig.mul_(h) if in_place else h * sig  # h * sigmoid(beta * h)
             if i == len(weights) - 1:
                 h = _output_linear(biases[i], swish, weights[i], x.dtype)
@@ -219,7 +220,8 @@ def residual_mlp_backward(
         cols = spec.in_idx if r == 0 else None
         g = grad  # gradient of the block's output, then of each Linear's input
         for i in reversed(range(r * n_linear, (r + 1) * n_linear)):
-            h, sig = saved[2 * i], saved[2 * i + 1]
+            h = saved[i]
+            sig = torch.mul(h, betas[i]).sigmoid_()  # as the forward pass computed it
             if params:
                 grad_w[i] = torch.bmm((h * sig).transpose(1, 2), g)
                 grad_b[i] = g.sum(1, keepdim=True)
