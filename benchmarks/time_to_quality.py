@@ -1,7 +1,8 @@
 """Test bpd against wall-clock seconds: how good a model a training command gives in how long.
 
 Runs each `rgflow train` command in turn (nothing else should run meanwhile), in a folder
-of its own that shares `--data` (so that no run pays for generating the data), and
+of its own that shares `--data` (so that only the first run, if the data is not there
+yet, pays for generating it), and
 notes when each epoch's line appears in the run's `metrics.jsonl`: the seconds since the
 command started, everything a user waits for included (start-up, compiling, evaluation,
 checkpoints and sample grids). Writes one JSON record per command and a figure of all.
@@ -97,6 +98,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     parser.add_argument("--figure", type=Path, help="PNG of the curves")
     args = parser.parse_args()
+    args.data.mkdir(parents=True, exist_ok=True)  # the first run generates its set here
     results = []
     for command in args.commands:
         r = measure(command, args.data)
