@@ -37,7 +37,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from rgflow_core.bench import _random_model, forward_flops, matmul_gflops
 from rgflow_core.config import load_preset
-from rgflow_core.device import compile_unavailable
+from rgflow_core.device import training_kernel
 from rgflow_core.preprocess import dequantize, image_bpd
 
 KINDS = {
@@ -118,8 +118,7 @@ def main() -> None:
     preset = load_preset(args.preset)
     cfg = preset.model
     if args.kernel is None:
-        compiled = preset.train.compile and not compile_unavailable("cpu")
-        args.kernel = "compiled" if compiled else "fast"
+        args.kernel = training_kernel(preset.train.compile, "cpu")
     model = _random_model(cfg, torch.device("cpu"))
     model.kernel = args.kernel
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, fused=True)

@@ -138,10 +138,9 @@ def main() -> None:
         )
     if args.kernel is None:
         from rgflow_core.config import load_preset
-        from rgflow_core.device import compile_unavailable
+        from rgflow_core.device import training_kernel
 
-        compiled = load_preset(args.preset).train.compile and not compile_unavailable("cpu")
-        args.kernel = "compiled" if compiled else "fast"
+        args.kernel = training_kernel(load_preset(args.preset).train.compile, "cpu")
     if args.worker:
         print(json.dumps(_worker(args)))
         return

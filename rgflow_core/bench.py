@@ -22,7 +22,7 @@ from rgflow_core.checks import check_int
 from rgflow_core.cone import ConeLogProb, full_log_prob
 from rgflow_core.config import ModelConfig
 from rgflow_core.coupling import SUBNETS
-from rgflow_core.device import check_amp, compile_unavailable, synchronize
+from rgflow_core.device import check_amp, synchronize, training_kernel
 from rgflow_core.flow import build_model, check_memory
 from rgflow_core.geometry import num_levels
 from rgflow_core.inpaint import inpaint
@@ -130,8 +130,8 @@ def run_bench(
     check_memory(cfg, device, batch_size, allow_large=allow_large)
     model = _random_model(cfg, device)
     model.checkpointing = checkpointing
-    compile = compile and compile_unavailable(device) is None  # as training falls back
-    model.kernel = "compiled" if compile else "fast"
+    model.kernel = training_kernel(compile, device)  # as training falls back
+    compile = model.kernel == "compiled"
     params = sum(p.numel() for p in model.parameters())
     # the fused (single-kernel) AdamW: a per-parameter loop costs as much as the step itself
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=5e-2, fused=True)

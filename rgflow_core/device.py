@@ -75,6 +75,12 @@ def compile_unavailable(device: torch.device | str) -> str | None:
     return None
 
 
+def training_kernel(compile: bool, device: torch.device | str) -> str:
+    """The kernel a training pass runs (`RGFlow.kernel`): "compiled" when compiling is
+    asked for and can run on `device`, else "fast" (the same maps, rounded differently)."""
+    return "compiled" if compile and compile_unavailable(device) is None else "fast"
+
+
 @contextmanager
 def explain_out_of_memory(device: torch.device | str, batch_size: int) -> Iterator[None]:
     """Turn the device running out of memory inside the block into a `UsageError` that
