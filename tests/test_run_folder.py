@@ -172,7 +172,7 @@ def cosine_preset(**kw):
     (at batch 32, with the eager kernels: what is tested is the schedule)."""
     from rgflow_core.config import load_preset
 
-    sizes = {"train_size": 64, "test_size": 16, "batch_size": 32, "compile": False}
+    sizes = {"train_size": 64, "test_size": 16, "batch_size": 32, "lr": 0.02, "compile": False}
     return load_preset("quick", {"epochs": 1, **sizes, **kw})
 
 
