@@ -21,7 +21,7 @@ def bench(
         bool | None,
         typer.Option(
             "--compile/--no-compile",
-            help="torch.compile each block bijector's training pass (default: the preset's).",
+            help="torch.compile the training pass (default: the preset's).",
         ),
     ] = None,
     amp: AmpOpt = Amp.off,

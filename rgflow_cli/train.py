@@ -141,8 +141,8 @@ def train(
         bool | None,
         typer.Option(
             "--compile/--no-compile",
-            help="torch.compile each block bijector's training pass (quick does by default; "
-            "needs a C++ compiler on a CPU).",
+            help="torch.compile the training pass (every preset does by default; needs a C++ "
+            "compiler on a CPU).",
         ),
     ] = None,
     checkpointing: Annotated[

@@ -135,7 +135,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global gradient norm (0: no clipping)
     seed: int = 0
     amp: str = "off"  # "bf16" (autocast) or "off"
-    compile: bool = False  # each block bijector's training pass as one torch.compile graph
+    compile: bool = False  # the training pass as torch.compile graphs (`RGFlow.kernel`)
     checkpointing: bool = False  # activation checkpointing: less memory, ~30% slower
     keep_checkpoints: int = 3  # epoch checkpoints kept besides last (0: keep all)
     sample_temperature: float = 0.8  # temperature of the per-epoch sample grid

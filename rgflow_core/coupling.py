@@ -30,7 +30,13 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-from rgflow_core.kernels import CouplingPasses, FastMLP, PermuteFeatures, compiled_block_forward
+from rgflow_core.kernels import (
+    MAX_LAYERS_PER_GRAPH,
+    CouplingPasses,
+    FastMLP,
+    PermuteFeatures,
+    compiled_forward,
+)
 from rgflow_core.nets import ResidualMLP
 
 
@@ -121,6 +127,9 @@ class CouplingLayer(nn.Module):
         xa, ladj2 = run(xb, xa, self._b, self._a, False)
         return xa, xb, ladj1 + ladj2
 
+    # what `kernels.compiled_forward` compiles when coupling layers are compiled one by one
+    eager_forward = forward
+
     def inverse(self, xa: Tensor, xb: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         run = self._passes()
         xa, ladj2 = run(xb, xa, self._b, self._a, True)
@@ -143,6 +152,8 @@ class RNVPBlock(BlockBijector):
             CouplingLayer(features, hidden, n_res, n_mlp) for _ in range(n_layers)
         )
         self.checkpointing = False
+        # with the compiled kernel: one graph for the whole block, else one per layer
+        self.compile_whole = n_layers <= MAX_LAYERS_PER_GRAPH
 
     @staticmethod
     def macs(features: int, hidden: int, n_res: int, n_mlp: int, n_layers: int) -> int:
@@ -162,17 +173,22 @@ class RNVPBlock(BlockBijector):
         # dynamo cannot yet trace activation checkpointing of a bound method: checkpointed
         # passes run the fast kernels instead
         compiled = self.layers[0].kernel == "compiled" and not self.checkpointing
-        if compiled and torch.is_grad_enabled():
-            return compiled_block_forward()(self, x)
-        return self.eager_forward(x)
+        compiled = compiled and torch.is_grad_enabled()
+        if compiled and self.compile_whole:
+            return compiled_forward()(self, x)
+        return self.eager_forward(x, compiled_layers=compiled)
 
-    def eager_forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """`forward` without `torch.compile` (what the compiled graph traces)."""
+    def eager_forward(self, x: Tensor, compiled_layers: bool = False) -> tuple[Tensor, Tensor]:
+        """`forward` without `torch.compile` (what the compiled graph traces), or with each
+        coupling layer one compiled graph (`compiled_layers`)."""
         x = PermuteFeatures.apply(x, self.order, self.unorder)
         xa, xb = x.chunk(2, dim=1)
         ladj = x.new_zeros(x.shape[0])
         for layer in self.layers:
-            xa, xb, l = self._run(layer.forward, xa, xb)
+            if compiled_layers:
+                xa, xb, l = compiled_forward()(layer, xa, xb)
+            else:
+                xa, xb, l = self._run(layer.forward, xa, xb)
             ladj = ladj + l
         return PermuteFeatures.apply(torch.cat([xa, xb], dim=1), self.unorder, self.order), ladj
 

@@ -133,8 +133,9 @@ class RGFlow(nn.Module):
     def kernel(self) -> str:
         """How the block bijectors run: "reference" (the plain code of `coupling` and
         `nets`), "fast" (the default: `rgflow_core.kernels`) or "compiled" (the fast
-        kernels, with each block bijector's training pass one `torch.compile` graph). All
-        compute the same maps."""
+        kernels, with the training pass of each block bijector, or of each coupling layer
+        in block bijectors of more than `kernels.MAX_LAYERS_PER_GRAPH` layers, one
+        `torch.compile` graph). All compute the same maps."""
         return next(m.kernel for m in self._layers())
 
     @kernel.setter

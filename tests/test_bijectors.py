@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import perturb, tiny_config
 
-from rgflow_core import Preprocess, build_model
+from rgflow_core import Preprocess, build_model, coupling, kernels
 from rgflow_core.coupling import SUBNETS
 from rgflow_core.kernels import CouplingFunction, MLPSpec, ResidualMLPFunction, fold
 from rgflow_core.nets import ResidualMLP
@@ -140,12 +140,20 @@ def test_checkpointing_gives_same_gradients(tiny_model):
 @pytest.mark.skipif(
     not (shutil.which("g++") or shutil.which("c++")), reason="torch.compile needs a C++ compiler"
 )
-@pytest.mark.parametrize("checkpointing", [False, True])
-def test_compiled_blocks_match_eager(tiny_model, checkpointing):
-    # --compile: each block bijector's training pass as one torch.compile graph gives the
-    # same log-density, gradients and exact inverse as the eager kernels (cold compile:
-    # about 20 s); with activation checkpointing, the fast kernels run instead.
+@pytest.mark.parametrize(
+    "checkpointing,whole",
+    [(False, True), (False, False), (True, True)],
+    ids=["block", "layer", "ckpt"],
+)
+def test_compiled_blocks_match_eager(tiny_model, checkpointing, whole, monkeypatch):
+    # --compile: each block bijector's training pass as one torch.compile graph (or, for
+    # large block bijectors, each coupling layer's) gives the same log-density, gradients
+    # and exact inverse as the eager kernels (cold compile: about 20 s); with activation
+    # checkpointing, the fast kernels run instead.
     tiny_model.checkpointing = checkpointing
+    for level in tiny_model.levels:
+        for sublayer in level.sublayers():
+            sublayer.bijector.compile_whole = whole
     y = torch.randn(2, 1, 8, 8, dtype=torch.double)
     tiny_model.log_prob(y).sum().backward()
     eager_grads = [p.grad.clone() for p in tiny_model.parameters()]
@@ -153,7 +161,20 @@ def test_compiled_blocks_match_eager(tiny_model, checkpointing):
         eager_z, eager_ladj = tiny_model(y)
     tiny_model.zero_grad()
     tiny_model.kernel = "compiled"
+    compiled_for = []  # the modules whose training pass ran compiled
+
+    def spy():
+        def call(module, *inputs):
+            compiled_for.append(type(module).__name__)
+            return compiled(module, *inputs)
+
+        compiled = kernels.compiled_forward()
+        return call
+
+    monkeypatch.setattr(coupling, "compiled_forward", spy)
     tiny_model.log_prob(y).sum().backward()
+    unit = "RNVPBlock" if whole else "CouplingLayer"
+    assert set(compiled_for) == (set() if checkpointing else {unit})
     for g, p in zip(eager_grads, tiny_model.parameters()):
         torch.testing.assert_close(p.grad, g)
     with torch.no_grad():
