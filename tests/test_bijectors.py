@@ -186,6 +186,14 @@ def test_compiled_blocks_match_eager(tiny_model, checkpointing, whole, monkeypat
     torch.testing.assert_close(ladj_inv, -ladj)
 
 
+def test_large_block_bijectors_compile_layer_by_layer():
+    # a graph holds at most MAX_LAYERS_PER_GRAPH coupling layers: larger block bijectors
+    # compile each layer (one graph for all of them), smaller ones the whole block
+    model = build_model(tiny_config(n_layers=(kernels.MAX_LAYERS_PER_GRAPH + 1, 1, 2)))
+    whole = [[s.bijector.compile_whole for s in level.sublayers()] for level in model.levels]
+    assert whole == [[False, False], [True, True], [True, True]]
+
+
 @pytest.mark.parametrize("n_res", [1, 3])
 @pytest.mark.parametrize("cols", [None, (slice(0, 3), slice(3, 6)), (slice(3, 6), slice(0, 3))])
 def test_hand_written_backward_passes(n_res, cols):
