@@ -374,18 +374,23 @@ def compiled_forward():
     dynamo_config = torch._dynamo.config
     # a graph per module shape, direction and activation-checkpointing setting
     dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 32)
-    # keep half the activations for the backward and recompute the cheap elementwise rest:
-    # celeba32 at batch 16 peaks at 4.3-4.6 GB instead of 5.5 at the same speed, and the
-    # quick model's training gives the same bits
-    functorch_config = torch._functorch.config
-    functorch_config.activation_memory_budget = min(functorch_config.activation_memory_budget, 0.5)
     # building the C++ kernels on a machine without CUDA warns that CUDA_HOME is unset
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
     def forward(module, *inputs: Tensor):
         return module.eager_forward(*inputs)
 
-    return torch.compile(forward, dynamic=True)
+    compiled = torch.compile(forward, dynamic=True)
+
+    def call(module, *inputs: Tensor):
+        # keep half the activations for the backward and recompute the cheap elementwise
+        # rest (celeba32 at batch 16 peaks at 4.3-4.6 GB instead of 5.5 at the same speed;
+        # the quick model's training gives the same bits); set only while these graphs
+        # run (and are built), so other torch.compile users keep their own setting
+        with torch._functorch.config.patch(activation_memory_budget=0.5):
+            return compiled(module, *inputs)
+
+    return call
 
 
 class CouplingPasses:
