@@ -10,6 +10,10 @@ work around the small matmuls as on the matmuls themselves):
 * Folded residual scale. `x <- (x + g(x)) / sqrt(2)` becomes `x <- x / sqrt(2) + g'(x)`
   with the 1/sqrt(2) folded into the last Linear of g.
 * Weight norm once per layer and pass over the data, shared by both coupling halves.
+* Swish as one in-place pass when evaluating. h * sigmoid(beta h) = silu(beta h) / beta:
+  the evaluation weights (`folded`) carry the 1/beta of each Swish in the rows of the
+  Linear after it and, inside a residual block, its beta in the columns and bias of the
+  Linear before it, so a hidden layer's Swish is one `silu_` instead of three passes.
 * A hand-written backward pass (`CouplingFunction`, `ResidualMLPFunction`) that saves one
   tensor per Linear (the input of its Swish; the sigmoid is recomputed, bit for bit, which
   halves the memory a training step keeps) and runs few, mostly in-place, elementwise
@@ -33,6 +37,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 from torch.autograd.function import once_differentiable
 
 from rgflow_core.nets import RES_SCALE, ResidualMLP
@@ -87,11 +92,15 @@ class MLPSpec:
 @dataclass
 class FoldedWeights:
     """A net's effective parameters, with the residual scale folded into each block's last
-    Linear: weights (n, in, out), biases (n, 1, out), betas (n, 1, in), one per Linear."""
+    Linear: weights (n, in, out), biases (n, 1, out), betas (n, 1, in), one per Linear.
+
+    `prescaled` (see `prescale`): the Swish slopes are folded into the Linears around
+    them, and `residual_mlp` evaluates each Swish as silu."""
 
     weights: list[Tensor]
     biases: list[Tensor]
     betas: list[Tensor]
+    prescaled: bool = False
 
     def restrict(self, in_idx: slice | None, out_idx: slice | None) -> FoldedWeights:
         """The parameters used when only features `in_idx` of the input are non-zero and
@@ -102,15 +111,37 @@ class FoldedWeights:
             weights[0], betas[0] = weights[0][:, in_idx, :], betas[0][..., in_idx]
         if out_idx is not None:
             weights[-1], biases[-1] = weights[-1][..., out_idx], biases[-1][..., out_idx]
-        return FoldedWeights(weights, biases, betas)
+        return FoldedWeights(weights, biases, betas, self.prescaled)
 
 
-def fold(net: ResidualMLP, contiguous: bool = False) -> FoldedWeights:
-    """Effective weights of `net` (weight norm computed once), residual scale folded in.
+# the smallest Swish slope `prescale` divides by: a slope of 0 (Swish = h / 2) has no
+# silu form, and folding 1/beta of a slope near it would blow the weights up
+MIN_PRESCALED_BETA = 1e-4
 
-    With `contiguous`, each weight is stored (n, in, out) in memory rather than as a view
-    of (n, out, in): the layout the matmul reads fastest when the rows are few (decoding one
-    image), at the cost of a copy."""
+
+def prescale(p: FoldedWeights, n_linear: int) -> FoldedWeights:
+    """`p` rewritten for evaluating every Swish as silu: h * sigmoid(beta h) = silu(beta h) / beta.
+
+    The 1/beta of each Swish goes into the rows of the Linear that reads it. Inside a
+    residual block, the Linear before a Swish also takes its beta (columns and bias), so
+    its output is already beta h and the Swish is one in-place `silu_`; the first Swish of
+    a block reads the residual stream, which must stay unscaled, and multiplies by beta
+    itself. Returns `p` unchanged when a slope is closer to 0 than `MIN_PRESCALED_BETA`.
+    """
+    if p.prescaled or any(b.abs().min() < MIN_PRESCALED_BETA for b in p.betas):
+        return p
+    weights = [w / b.transpose(1, 2) for w, b in zip(p.weights, p.betas)]
+    biases = list(p.biases)
+    for i in range(len(weights)):
+        if i % n_linear:  # an inner Swish: its beta goes into the Linear before it
+            weights[i - 1] = weights[i - 1] * p.betas[i]
+            biases[i - 1] = biases[i - 1] * p.betas[i]
+    return FoldedWeights(weights, biases, list(p.betas), prescaled=True)
+
+
+def fold(net: ResidualMLP) -> FoldedWeights:
+    """Effective weights of `net` (weight norm computed once), residual scale folded in;
+    each weight a (n, in, out) view of the (n, out, in) directions."""
     weights, biases = [], []
     for i, (g, b) in enumerate(zip(net.g, net.bias)):
         v = net.direction(i)
@@ -118,7 +149,7 @@ def fold(net: ResidualMLP, contiguous: bool = False) -> FoldedWeights:
         if i % net.n_linear == net.n_linear - 1:
             scale, b = scale * RES_SCALE, b * RES_SCALE
         w = (v * scale).transpose(1, 2)
-        weights.append(w.contiguous() if contiguous else w)
+        weights.append(w)
         biases.append(b)
     return FoldedWeights(weights, biases, list(net.beta))
 
@@ -129,8 +160,10 @@ def folded(net: ResidualMLP) -> FoldedWeights:
 
     Decoding one image with the celeba32 architecture reads its 100 M weights once, but
     the weight norm reads and writes them three times more: the explorer and sampling
-    reuse the folded weights instead. `ResidualMLP.train` drops the cache, so that it
-    costs no memory while training.
+    reuse the folded weights instead. They are kept `prescale`d and each weight stored
+    (n, in, out) in memory: the layout the matmul reads fastest when the rows are few
+    (decoding one image). `ResidualMLP.train` drops the cache, so that it costs no memory
+    while training.
     """
     if net.training or torch.is_grad_enabled():
         return fold(net)
@@ -140,7 +173,10 @@ def folded(net: ResidualMLP) -> FoldedWeights:
         return fold(net)
     cached = net.__dict__.get("_folded")
     if cached is None or cached[0] != key:
-        cached = net.__dict__["_folded"] = (key, fold(net, contiguous=True))
+        params = prescale(fold(net), net.n_linear)
+        weights = [w.contiguous() for w in params.weights]
+        params = FoldedWeights(weights, params.biases, params.betas, params.prescaled)
+        cached = net.__dict__["_folded"] = (key, params)
     return cached[1]
 
 
@@ -151,6 +187,7 @@ def residual_mlp(
     betas: list[Tensor],
     spec: MLPSpec,
     saved: list[Tensor] | None = None,
+    prescaled: bool = False,
 ) -> Tensor:
     """`ResidualMLP.forward` on folded, restricted parameters, as a pure function.
 
@@ -159,6 +196,7 @@ def residual_mlp(
         weights, biases, betas: from `FoldedWeights.restrict`.
         saved: if given, receives what `residual_mlp_backward` needs (the input of every
             Swish).
+        prescaled: the parameters are `prescale`d (evaluation without autograd only).
 
     Returns:
         (n_nets, N, F_out): the nets' outputs.
@@ -173,10 +211,14 @@ def residual_mlp(
     for r in range(spec.n_res):
         h = stream
         for i in range(r * n_linear, (r + 1) * n_linear):
-            sig = torch.mul(h, betas[i]).sigmoid_()
-            if saved is not None:
-                saved.append(h)  # the backward recomputes sig: the same bits, half the memory
-            swish = sig.mul_(h) if in_place else h * sig  # h * sigmoid(beta * h)
+            if prescaled:  # silu(beta * h), the 1/beta in weights[i]; inside a block h is
+                # the previous Linear's fresh output, already times beta
+                swish = F.silu(h if i % n_linear else h * betas[i], inplace=True)
+            else:
+                sig = torch.mul(h, betas[i]).sigmoid_()
+                if saved is not None:
+                    saved.append(h)  # the backward recomputes sig: the same bits, half the memory
+                swish = sig.mul_(h) if in_place else h * sig  # h * sigmoid(beta * h)
             if i == len(weights) - 1:
                 h = _output_linear(biases[i], swish, weights[i], x.dtype)
             else:
@@ -284,7 +326,7 @@ class FastMLP:
         p = self.params
         if torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type):
             return ResidualMLPFunction.apply(x, self.spec, *p.weights, *p.biases, *p.betas)
-        return residual_mlp(x, p.weights, p.biases, p.betas, self.spec)
+        return residual_mlp(x, p.weights, p.biases, p.betas, self.spec, prescaled=p.prescaled)
 
 
 # --- the coupling pass -------------------------------------------------------------------
@@ -299,17 +341,18 @@ def coupling_pass(
     gain: Tensor,
     spec: MLPSpec,
     inverse: bool,
+    prescaled: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """One affine coupling: move <- move * exp(s(cond)) + t(cond) (or its inverse).
 
     Arguments:
         weights, biases, betas: parameters of the s and t nets, restricted to read the
-            features `spec.in_idx` and write `spec.out_idx`.
+            features `spec.in_idx` and write `spec.out_idx` (`prescale`d if `prescaled`).
         gain: (2, 1, D/2), the gains a of s and b of t of the moved features.
 
     Returns the new `move` half and the log-determinant per row (negated for the inverse).
     """
-    st = residual_mlp(cond, weights, biases, betas, spec) * gain  # (2, N, D/2)
+    st = residual_mlp(cond, weights, biases, betas, spec, prescaled=prescaled) * gain
     s = torch.tanh(st[0])
     if inverse:
         return (move - st[1]) * torch.exp(-s), -s.sum(1)
@@ -417,5 +460,7 @@ class CouplingPasses:
         gain = torch.stack([self.layer.gain_s[dst], self.layer.gain_t[dst]]).unsqueeze(1)
         pure = self.traced or inverse or not torch.is_grad_enabled()
         if pure or torch.is_autocast_enabled(cond.device.type):
-            return coupling_pass(cond, move, p.weights, p.biases, p.betas, gain, spec, inverse)
+            return coupling_pass(
+                cond, move, p.weights, p.biases, p.betas, gain, spec, inverse, p.prescaled
+            )
         return CouplingFunction.apply(cond, move, gain, spec, *p.weights, *p.biases, *p.betas)

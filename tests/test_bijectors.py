@@ -10,7 +10,14 @@ from conftest import perturb, tiny_config
 
 from rgflow_core import Preprocess, build_model, coupling, kernels
 from rgflow_core.coupling import SUBNETS
-from rgflow_core.kernels import CouplingFunction, MLPSpec, ResidualMLPFunction, fold
+from rgflow_core.kernels import (
+    CouplingFunction,
+    MLPSpec,
+    ResidualMLPFunction,
+    fold,
+    prescale,
+    residual_mlp,
+)
 from rgflow_core.nets import ResidualMLP
 
 
@@ -216,6 +223,30 @@ def test_hand_written_backward_passes(n_res, cols):
         assert torch.autograd.gradcheck(
             lambda x, m, g, *p: CouplingFunction.apply(x, m, g, spec, *p), (x, move, gain, *params)
         )
+
+
+@pytest.mark.parametrize("cols", [None, (slice(0, 3), slice(3, 6))])
+def test_evaluation_swish_as_silu(cols):
+    # Evaluation folds each Swish slope into the Linears around it and runs silu: the
+    # same function in float64, negative slopes included; a slope of 0 keeps the plain form
+    torch.manual_seed(0)
+    in_idx, out_idx = cols or (None, None)
+    spec = MLPSpec(2, 6, in_idx, out_idx)
+    net = perturb(ResidualMLP(6, 5, n_res=2, n_mlp=2).double())
+    x = torch.randn(4, 3 if cols else 6, dtype=torch.double)
+    with torch.no_grad():
+        net.beta[1][0, 0, 2] = -0.7  # an inner Swish
+        net.beta[3][1, 0, 4] = -1.3  # the first of block 1, on the residual stream
+        plain = fold(net).restrict(in_idx, out_idx)
+        silu = prescale(fold(net), net.n_linear).restrict(in_idx, out_idx)
+        assert silu.prescaled and not plain.prescaled
+        expected = residual_mlp(x, plain.weights, plain.biases, plain.betas, spec)
+        got = residual_mlp(x, silu.weights, silu.biases, silu.betas, spec, prescaled=True)
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+        if cols is None:
+            torch.testing.assert_close(got, net(x), rtol=1e-12, atol=1e-12)
+        net.beta[4][0, 0, 0] = 0.0
+        assert not prescale(fold(net), net.n_linear).prescaled
 
 
 @pytest.mark.parametrize("subnet", sorted(SUBNETS))
