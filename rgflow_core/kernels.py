@@ -37,8 +37,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 from torch.autograd.function import once_differentiable
+from torch.nn import functional as F
 
 from rgflow_core.nets import RES_SCALE, ResidualMLP
 
