@@ -10,10 +10,12 @@ folder given, never downloaded or copied. Each measurement is a fresh process (s
 peak memory is its own): it builds the preset's architecture in float32 (rgflow's
 `build_model`, or the paper's `build_mera` with the same arguments), takes warm-up steps,
 then times `--steps` training steps (log-density of logit-space images, backward, gradient
-clipping at 1, AdamW) or `--steps` sampling passes (prior sample, inverse). rgflow and the
+clipping at 1, AdamW) or `--steps` sampling passes (prior sample, inverse; in eval mode). rgflow and the
 paper's code take turns, A B A B, `--pairs` times; the ratio of each pair is reported, and
 the median of the ratios is the figure to quote. Both models are randomly perturbed from
-the identity so that no coupling is trivial.
+the identity so that no coupling is trivial. rgflow runs with the C allocator settings its
+command sets (`rgflow_core.allocator`); `--tune-reference-malloc` gives the paper's code
+the same, to see how much of a ratio they make.
 """
 
 from __future__ import annotations
@@ -34,6 +36,12 @@ HERE = Path(__file__).resolve().parent
 
 def _worker(args: argparse.Namespace) -> dict:
     """One measurement in this process: images/s and peak RSS."""
+    from rgflow_core.allocator import tune_malloc
+
+    # rgflow runs with the allocator settings its command sets; the paper's code with
+    # glibc's defaults unless --tune-reference-malloc
+    malloc_tuned = tune_malloc() if args.worker == "rgflow" or args.tune_reference_malloc else False
+
     import torch
 
     from rgflow_core.config import load_preset
@@ -88,6 +96,8 @@ def _worker(args: argparse.Namespace) -> dict:
         with torch.no_grad():
             sample()
 
+    if args.what == "sample":
+        flow.eval()  # as `rgflow sample` and `rgflow bench` sample
     fn = train_step if args.what == "train" else sample_pass
     for _ in range(args.warmup):
         fn()
@@ -99,6 +109,7 @@ def _worker(args: argparse.Namespace) -> dict:
         "images_per_s": args.steps * args.batch_size / seconds,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "threads": torch.get_num_threads(),
+        "malloc_tuned": malloc_tuned,
         "params": sum(p.numel() for p in params),
     }
 
@@ -107,6 +118,8 @@ def _measure(args: argparse.Namespace, who: str, what: str) -> dict:
     command = [sys.executable, __file__, "--worker", who, "--what", what]
     for key in ("ref_code", "preset", "batch_size", "steps", "warmup", "kernel"):
         command += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    if args.tune_reference_malloc:
+        command.append("--tune-reference-malloc")
     out = subprocess.run(command, capture_output=True, text=True, check=False)
     if out.returncode:
         raise SystemExit(f"error: {who} {what} failed:\n{out.stderr.strip()[-2000:]}")
@@ -126,6 +139,15 @@ def main() -> None:
         choices=("fast", "compiled"),
         help="rgflow's kernels (default: what the preset trains with; compiling happens in "
         "the warm-up steps)",
+    )
+    parser.add_argument(
+        "--only", choices=("train", "sample"), help="measure one of the two (default: both)"
+    )
+    parser.add_argument(
+        "--tune-reference-malloc",
+        action="store_true",
+        help="give the paper's code the allocator settings rgflow's command sets "
+        "(rgflow_core.allocator); by default it runs with glibc's",
     )
     parser.add_argument("--out", type=Path)
     parser.add_argument("--worker", choices=("rgflow", "reference"), help=argparse.SUPPRESS)
@@ -147,13 +169,16 @@ def main() -> None:
     result: dict = {
         "command": "python benchmarks/reference_speed.py --ref-code REF "
         f"--preset {args.preset} --batch-size {args.batch_size} --steps {args.steps} "
-        f"--pairs {args.pairs} --kernel {args.kernel}",
+        f"--pairs {args.pairs} --kernel {args.kernel}"
+        + (f" --only {args.only}" if args.only else "")
+        + (" --tune-reference-malloc" if args.tune_reference_malloc else ""),
         "preset": args.preset,
         "kernel": args.kernel,
         "batch_size": args.batch_size,
         "threads_env": os.environ.get("OMP_NUM_THREADS"),
     }
-    for what in ("train", "sample"):
+    measured = (args.only,) if args.only else ("train", "sample")
+    for what in measured:
         runs: dict[str, list[dict]] = {"rgflow": [], "reference": []}
         for _ in range(args.pairs):
             for who in ("rgflow", "reference"):
@@ -169,14 +194,15 @@ def main() -> None:
             "ratio_per_pair": ratios,
             "ratio_median": statistics.median(ratios),
             "peak_rss_gb": {who: max(r["peak_rss_gb"] for r in rs) for who, rs in runs.items()},
+            "malloc_tuned": {who: rs[0]["malloc_tuned"] for who, rs in runs.items()},
             "params": {who: rs[0]["params"] for who, rs in runs.items()},
         }
     result["summary"] = {
         what: f"rgflow {result[what]['ratio_median']:.2f}x the paper's code "
         f"(pairs: {', '.join(f'{r:.2f}' for r in result[what]['ratio_per_pair'])})"
-        for what in ("train", "sample")
+        for what in measured
     }
-    assert math.isfinite(result["train"]["ratio_median"])
+    assert all(math.isfinite(result[what]["ratio_median"]) for what in measured)
     print(json.dumps(result["summary"], indent=1))
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")

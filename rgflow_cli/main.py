@@ -36,6 +36,7 @@ from rgflow_cli import (
     train,
 )
 from rgflow_core import __version__
+from rgflow_core.allocator import tune_malloc
 from rgflow_core.errors import Interrupted, RGFlowError
 from rgflow_core.files import describe_os_error
 
@@ -146,6 +147,7 @@ def _run(argv: list[str]) -> object:
 
 def main() -> None:
     """Run the app; every error a user can cause becomes one line on stderr."""
+    tune_malloc()
     try:
         code = _run(sys.argv[1:])
     except (CommandError, RGFlowError) as err:
