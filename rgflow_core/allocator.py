@@ -7,8 +7,9 @@ threshold (twice the mmap threshold) lies free there. A loop that frees and allo
 tens of MB a step, such as decoding a batch, then spends a large part of its time
 faulting in zeroed pages. `tune_malloc` serves every block up to 32 MiB from the heap and
 keeps up to 256 MiB of freed memory for reuse: celeba32 sampling at batch 64 on two
-threads went from 14.8 to 20.7 images/s; training and one-image decoding barely moved
-and peak memory did not change (benchmarks/results/malloc.md).
+threads went from 14.8 to 20.7 images/s; training and one-image decoding barely moved;
+peak memory was the same at batch 16 and 7% higher in eager celeba32 training at batch 64
+(benchmarks/results/malloc.md).
 
 The `rgflow` command calls it once at start; a program using `rgflow_core` as a library
 decides for itself (the setting is the whole process's).
