@@ -5,8 +5,9 @@
 
 Runs a few warm-up steps of a randomly initialised model of the preset's architecture
 (the same step as `rgflow bench`: dequantise, forward, backward, clip, fused AdamW),
-then profiles `--steps` training steps and `--steps` sampling passes with torch.profiler
-and sorts every operator's self time into kinds:
+then profiles `--steps` training steps and, in eval mode, `--steps` sampling passes with
+torch.profiler (with the allocator settings of the `rgflow` command) and sorts every
+operator's self time into kinds:
 
 * matmul: mm, bmm, addmm, baddbmm and the like (the FLOPs the model exists for);
 * elementwise: activations, adds, multiplies, reductions, the Adam-free arithmetic;
@@ -35,6 +36,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from rgflow_core.allocator import tune_malloc
 from rgflow_core.bench import _random_model, forward_flops, matmul_gflops
 from rgflow_core.config import load_preset
 from rgflow_core.device import training_kernel
@@ -114,6 +116,7 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
+    malloc_tuned = tune_malloc()  # as the rgflow command does
 
     preset = load_preset(args.preset)
     cfg = preset.model
@@ -140,7 +143,11 @@ def main() -> None:
 
     for _ in range(args.warmup):
         train_step()
+    train_profile = profile_pass(train_step, args.steps)
+    model.eval()  # as `rgflow sample` and `rgflow bench` sample (the evaluation weights kept)
+    for _ in range(args.warmup):
         sample_pass()
+    sample_profile = profile_pass(sample_pass, args.steps)
     flops = forward_flops(cfg)
     peak = matmul_gflops(torch.device("cpu"))
     result = {
@@ -154,8 +161,9 @@ def main() -> None:
         "machine": platform.processor() or platform.machine(),
         "matmul_gflops_measured": peak,
         "forward_gflop_per_image": flops / 1e9,
-        "train_step": profile_pass(train_step, args.steps),
-        "sample_pass": profile_pass(sample_pass, args.steps),
+        "malloc_tuned": malloc_tuned,
+        "train_step": train_profile,
+        "sample_pass": sample_profile,
     }
     for name, passes in (("train_step", 3), ("sample_pass", 1)):
         r = result[name]

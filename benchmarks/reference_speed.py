@@ -10,12 +10,12 @@ folder given, never downloaded or copied. Each measurement is a fresh process (s
 peak memory is its own): it builds the preset's architecture in float32 (rgflow's
 `build_model`, or the paper's `build_mera` with the same arguments), takes warm-up steps,
 then times `--steps` training steps (log-density of logit-space images, backward, gradient
-clipping at 1, AdamW) or `--steps` sampling passes (prior sample, inverse; in eval mode). rgflow and the
-paper's code take turns, A B A B, `--pairs` times; the ratio of each pair is reported, and
-the median of the ratios is the figure to quote. Both models are randomly perturbed from
-the identity so that no coupling is trivial. rgflow runs with the C allocator settings its
-command sets (`rgflow_core.allocator`); `--tune-reference-malloc` gives the paper's code
-the same, to see how much of a ratio they make.
+clipping at 1, AdamW) or `--steps` sampling passes (prior sample, inverse; in eval mode).
+rgflow and the paper's code take turns, A B A B, `--pairs` times; the ratio of each pair
+is reported, and the median of the ratios is the figure to quote. Both models are randomly
+perturbed from the identity so that no coupling is trivial. rgflow runs with the C
+allocator settings its command sets (`rgflow_core.allocator`); `--tune-reference-malloc`
+gives the paper's code the same, to see how much of a ratio they make.
 """
 
 from __future__ import annotations
