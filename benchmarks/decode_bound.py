@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from rgflow_core.allocator import tune_malloc
 from rgflow_core.bench import _random_model, forward_flops
 from rgflow_core.config import load_preset
 
@@ -61,7 +60,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    tune_malloc()  # as the rgflow command (and so the explorer) runs
+    try:  # as the rgflow command (and so the explorer) runs; absent in older versions
+        from rgflow_core.allocator import tune_malloc
+
+        tune_malloc()
+    except ImportError:
+        pass
     torch.set_num_threads(1)
 
     cfg = load_preset(args.preset).model
