@@ -43,3 +43,12 @@ def test_applied_on_glibc(clean_env):
 def test_left_alone_when_the_user_chose(clean_env, key, value):
     clean_env.setenv(key, value)
     assert not tune_malloc()
+
+
+def test_the_command_tunes_the_allocator_before_its_work(run_main, monkeypatch):
+    import rgflow_cli.main
+
+    calls = []
+    monkeypatch.setattr(rgflow_cli.main, "tune_malloc", lambda: calls.append(1) or True)
+    code, _ = run_main("--version")
+    assert code == 0 and calls == [1]
