@@ -3,6 +3,8 @@ deterministic kernels), what its failures mean (out of memory), and waiting for 
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -58,20 +60,49 @@ def compile_unavailable(device: torch.device | str) -> str | None:
     """Why `torch.compile` cannot run on `device` on this machine, or None if it can.
 
     Inductor turns graphs into C++ (CPU) or Triton (CUDA) code and builds it on first use:
-    the CPU needs a C++ compiler (`g++`, or the one `CXX` names), a GPU the `triton`
-    package.
+    the CPU needs a C++ compiler (`g++`, or the one `CXX` names) that can build against
+    torch's and Python's headers, a GPU the `triton` package.
     """
     device = torch.device(device)
     if device.type == "cuda":
         from torch.utils._triton import has_triton
 
         return None if has_triton() else "the triton package is not installed"
+    compiler = os.environ.get("CXX", "g++")
     try:
         from torch._inductor.cpp_builder import get_cpp_compiler
 
         get_cpp_compiler()
     except Exception:  # what inductor raises when it finds none differs between versions
-        return f"no C++ compiler found ({os.environ.get('CXX', 'g++')})"
+        return f"no C++ compiler found ({compiler})"
+    if failure := _cpu_compile_failure():
+        return f"the C++ compiler ({compiler}) failed to build torch.compile's code: {failure}"
+    return None
+
+
+@functools.cache
+def _cpu_compile_failure() -> str | None:
+    """The compiler's complaint when Inductor cannot build and run a tiny graph (forward and
+    backward) on the CPU, else None. A compiler can be present and still fail (no Python
+    headers, a broken install): this finds out before a run depends on it, once per
+    process (about a second when Inductor's on-disk cache holds the graph)."""
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # CUDA_HOME unset
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            x = torch.ones(8, requires_grad=True)
+            torch.compile(lambda t: (t.sin() * 2.0).sum(), dynamic=False)(x).backward()
+    except Exception as err:  # whatever the build raised: what the compiler said, if it did
+        chain, cause = [], err
+        while cause is not None and len(chain) < 10:
+            chain.append(cause)
+            cause = cause.__cause__ or getattr(cause, "inner_exception", None)
+        built = [e for e in chain if type(e).__name__ == "CppCompileError"]
+        lines = [line.strip() for line in str((built or chain)[0]).splitlines() if line.strip()]
+        # the compiler's last words end its error; torch's own advice lines are no help here
+        lines = [line for line in lines if not line.startswith("Set TORCHDYNAMO_VERBOSE")]
+        if not lines:
+            return type(err).__name__
+        return (lines[-1] if built else lines[0])[:300]
     return None
 
 

@@ -136,3 +136,29 @@ def test_cli_deterministic_switch(tiny_run, monkeypatch, run_main):
     monkeypatch.setattr(devices, "use_deterministic_algorithms", lambda: called.append(1))
     code, out = run_main(*tiny_run, "--deterministic")
     assert code == 0 and called == [1], out
+
+
+@pytest.mark.skipif(devices.compile_unavailable("cpu") is not None, reason="no C++ compiler")
+def test_a_compiler_that_fails_to_build_is_a_reason_not_a_traceback(tmp_path):
+    # a C++ compiler can be there and still fail (no Python headers): training then falls
+    # back to the eager kernels with the compiler's own words, instead of torch's traceback
+    import os
+    import subprocess
+    import sys
+
+    fake = tmp_path / "cxx"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'for a in "$@"; do [ "$a" = --version ] && exec g++ --version; done\n'
+        'echo "cxx: fatal error: Python.h: No such file or directory" >&2\n'
+        "exit 1\n"
+    )
+    fake.chmod(0o755)
+    env = dict(os.environ, CXX=str(fake), TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))
+    code = "from rgflow_core.device import compile_unavailable; print(compile_unavailable('cpu'))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == (
+        f"the C++ compiler ({fake}) failed to build torch.compile's code: "
+        "cxx: fatal error: Python.h: No such file or directory"
+    )
