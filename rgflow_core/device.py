@@ -85,7 +85,7 @@ def _cpu_compile_failure() -> str | None:
     """The compiler's complaint when Inductor cannot build and run a tiny graph (forward and
     backward) on the CPU, else None. A compiler can be present and still fail (no Python
     headers, a broken install): this finds out before a run depends on it, once per
-    process (about a second when Inductor's on-disk cache holds the graph)."""
+    process (about 2 s when Inductor's on-disk cache holds the graph)."""
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # CUDA_HOME unset
     try:
         with torch.inference_mode(False), torch.enable_grad():
