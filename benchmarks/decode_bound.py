@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from profile_step import kind_of  # this folder's: the same sorting of operators into kinds
 from torch.profiler import ProfilerActivity, profile
 
 from rgflow_core.bench import _random_model, forward_flops
@@ -82,9 +83,7 @@ def main() -> None:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             model.decode(z)
     matmul_s = sum(
-        e.self_cpu_time_total / 1e6
-        for e in prof.key_averages()
-        if e.key.removeprefix("aten::") in ("bmm", "baddbmm", "mm", "addmm", "matmul")
+        e.self_cpu_time_total / 1e6 for e in prof.key_averages() if kind_of(e.key) == "matmul"
     )
     # the weights a decode reads: each coupling pass reads its layer's nets, restricted
     # to the half it reads and the half it writes (about half the first and last Linear)
