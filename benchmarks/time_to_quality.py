@@ -5,7 +5,9 @@ of its own that shares `--data` (so that only the first run, if the data is not 
 yet, pays for generating it), and
 notes when each epoch's line appears in the run's `metrics.jsonl`: the seconds since the
 command started, everything a user waits for included (start-up, compiling, evaluation,
-checkpoints and sample grids). Writes one JSON record per command and a figure of all.
+checkpoints and sample grids). Each command compiles from an empty Inductor cache of its
+own, as right after install (`--warm-cache`: the machine's cache instead). Writes one JSON
+record per command and a figure of all.
 
     python benchmarks/time_to_quality.py --data data --target 2.2 \\
         --out benchmarks/results/time_to_quality.json \\
@@ -39,14 +41,17 @@ def run_name(command: str) -> str:
     raise SystemExit(f"cannot tell the run's name from: {command}")
 
 
-def measure(command: str, data: Path, poll: float = 0.5) -> dict:
+def measure(command: str, data: Path, cold_cache: bool = True, poll: float = 0.5) -> dict:
     with tempfile.TemporaryDirectory(prefix="ttq-") as tmp:
         work = Path(tmp)
         (work / "data").symlink_to(data.resolve())
+        env = dict(os.environ)
+        if cold_cache:  # torch.compile builds every kernel, as on a user's first run
+            env["TORCHINDUCTOR_CACHE_DIR"] = str(work / "inductor-cache")
         metrics = work / "runs" / run_name(command) / "metrics.jsonl"
         curve: list[dict] = []
         start = time.perf_counter()
-        proc = subprocess.Popen(command, shell=True, cwd=work, stdout=subprocess.DEVNULL)
+        proc = subprocess.Popen(command, shell=True, cwd=work, env=env, stdout=subprocess.DEVNULL)
         while True:
             done = proc.poll() is not None
             lines = metrics.read_text().splitlines() if metrics.is_file() else []
@@ -67,7 +72,13 @@ def measure(command: str, data: Path, poll: float = 0.5) -> dict:
             time.sleep(poll)
         if proc.returncode:
             raise SystemExit(f"{command} failed with exit code {proc.returncode}")
-        return {"command": command, "total_seconds": round(now, 1), "curve": curve}
+        cache = "empty" if cold_cache else "the machine's"
+        return {
+            "command": command,
+            "inductor_cache": cache,
+            "total_seconds": round(now, 1),
+            "curve": curve,
+        }
 
 
 def plot(results: list[dict], target: float, path: Path) -> None:
@@ -97,11 +108,14 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=2.2, help="the test bpd to reach")
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     parser.add_argument("--figure", type=Path, help="PNG of the curves")
+    parser.add_argument(
+        "--warm-cache", action="store_true", help="compile with the machine's Inductor cache"
+    )
     args = parser.parse_args()
     args.data.mkdir(parents=True, exist_ok=True)  # the first run generates its set here
     results = []
     for command in args.commands:
-        r = measure(command, args.data)
+        r = measure(command, args.data, cold_cache=not args.warm_cache)
         below = [p for p in r["curve"] if p["test_bpd"] < args.target]
         r["first_below_target_s"] = below[0]["seconds"] if below else None
         results.append(r)
