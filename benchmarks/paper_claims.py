@@ -77,6 +77,7 @@ def main() -> None:
     parser.add_argument("--max-images", type=int, default=10000)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
     for run in args.runs:
         result = claims(run, args.data_root, args.pairs, args.max_images)
         path = args.out / f"claims-{run.name}.json"
