@@ -3,7 +3,7 @@ one from its recorded commands and compare.
 
     # after training a run with the commands to record (see `rgflow info --models`):
     python benchmarks/builtin_models.py ship msds1 --run runs/quick-msds1-laplace \\
-        --command "OMP_NUM_THREADS=1 rgflow train --preset quick --name quick-msds1-laplace"
+        --command "rgflow train --preset quick --name quick-msds1-laplace -q"
 
     # retrain a shipped model in a scratch folder, from nothing, and compare its weights:
     python benchmarks/builtin_models.py retrain msds1 [--workdir DIR] [--json FILE]
