@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -174,8 +174,7 @@ def folded(net: ResidualMLP) -> FoldedWeights:
     cached = net.__dict__.get("_folded")
     if cached is None or cached[0] != key:
         params = prescale(fold(net), net.n_linear)
-        weights = [w.contiguous() for w in params.weights]
-        params = FoldedWeights(weights, params.biases, params.betas, params.prescaled)
+        params = replace(params, weights=[w.contiguous() for w in params.weights])
         cached = net.__dict__["_folded"] = (key, params)
     return cached[1]
 
