@@ -16,9 +16,9 @@ alone, as the training graph compiles them:
 * `backward, sigmoid kept`: the same, reading the sigmoid instead of recomputing it;
 * `backward without the sums`, `the sums alone`: the two halves of `backward`.
 
-Each is the best of three runs of `--reps` calls, with the allocator settings of the
-`rgflow` command (without them, fresh pages for each output make the times erratic).
-Compare them with each other, in one run: the machine's speed drifts between runs.
+Each is the median of up to `--reps` calls (`rgflow bench`'s timer), with the allocator
+settings of the `rgflow` command (without them, fresh pages for each output make the
+times erratic). Compare them with each other, in one run: the machine's speed drifts between runs.
 """
 
 from __future__ import annotations
@@ -26,32 +26,19 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 from pathlib import Path
 
 import torch
 
 from rgflow_core.allocator import tune_malloc
-
-
-def best_time(fn, reps: int) -> float:
-    """Best of three runs of `reps` calls, in microseconds per call."""
-    for _ in range(20):
-        fn()
-    runs = []
-    for _ in range(3):
-        start = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        runs.append((time.perf_counter() - start) / reps * 1e6)
-    return min(runs)
+from rgflow_core.bench import _time
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=4096, help="64 blocks x batch 64")
     parser.add_argument("--features", type=int, default=64)
-    parser.add_argument("--reps", type=int, default=400)
+    parser.add_argument("--reps", type=int, default=1000)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     malloc_tuned = tune_malloc()
@@ -97,10 +84,13 @@ def main() -> None:
         "backward without the sums": (lambda h, g: backward(h, g, False), (x, grad)),
         "the sums alone": (sums, (x, grad)),
     }
-    times = {}
+    cpu, times = torch.device("cpu"), {}
     for name, (fn, inputs) in cases.items():
         fn = torch.compile(fn, dynamic=False)
-        times[name] = best_time(lambda fn=fn, inputs=inputs: fn(*inputs), args.reps)
+        seconds = _time(
+            lambda fn=fn, inputs=inputs: fn(*inputs), cpu, budget_s=2.0, max_reps=args.reps
+        )
+        times[name] = 1e6 * seconds
         print(f"{name:32s} {times[name]:8.1f} us")
     result = {
         "command": f"python benchmarks/swish_loops.py --rows {args.rows} "
